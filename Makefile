@@ -1,0 +1,59 @@
+# AudSemThinker — `make help` lists the targets. Every target creates .venv when it is missing.
+#   make pipeline   build data -> SFT -> GRPO -> evaluate -> report, on the tiny default model
+#   make test       the test suite (what CI runs)
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Extra Hydra overrides for the training targets, e.g. make sft ARGS="experiment=sft_semantic"
+ARGS ?=
+ACCEL ?= configs/accelerate/single_gpu.yaml
+
+.PHONY: help install test test-fast lint pipeline build-data sft grpo eval reproduce bench clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# No CUDA here: take the CPU torch wheel first, or pip pulls a multi-GB CUDA build.
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q torch==2.13.0; fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with dev extras
+
+test: $(STAMP)  ## run the test suite (excludes GPU tests)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## unit tests only (skips the multi-minute learning/launch tests)
+	$(BIN)/python -m pytest -m "not slow and not gpu"
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/python -m ruff check audsemthinker scripts tests bench
+
+pipeline: $(STAMP)  ## the main job end to end on the tiny default: data, SFT, GRPO, eval, report
+	$(BIN)/python scripts/pipeline.py $(ARGS)
+
+build-data: $(STAMP)  ## build the configured dataset (data=...)
+	$(BIN)/python scripts/build_data.py $(ARGS)
+
+sft: $(STAMP)  ## SFT under accelerate (ACCEL=config, ARGS=hydra overrides)
+	$(BIN)/accelerate launch --config_file $(ACCEL) scripts/sft.py $(ARGS)
+
+grpo: $(STAMP)  ## GRPO under accelerate (ACCEL=config, ARGS=hydra overrides)
+	$(BIN)/accelerate launch --config_file $(ACCEL) scripts/grpo.py $(ARGS)
+
+eval: $(STAMP)  ## evaluate a model on the configured benchmarks
+	$(BIN)/python scripts/eval.py $(ARGS)
+
+reproduce: $(STAMP)  ## paper tables from result files
+	$(BIN)/python scripts/reproduce.py $(ARGS)
+
+bench: $(STAMP)  ## CPU-size benchmarks (data pipeline, SFT, rollout) against the stock path
+	$(BIN)/python bench/data_pipeline.py
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf outputs multirun .cache

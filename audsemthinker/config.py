@@ -1,0 +1,91 @@
+"""Config validation: a misspelt key or a wrong type fails at start-up, naming the key.
+
+Hydra composes plain YAML; nothing checks it until a value is read, maybe an hour into a run.
+Every entry point calls :func:`validate` right after composing. Groups with a schema here are
+checked against it (unknown keys, types); trainer groups hold exactly TRL config fields and are
+checked against the TRL dataclass itself (:func:`check_fields`), so TRL stays the authority on
+its own options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the full key."""
+
+
+SCHEMAS: dict[str, type] = {}
+
+
+def register_schema(key: str, schema: type) -> None:
+    """Check the top-level config section ``key`` against dataclass ``schema``."""
+    SCHEMAS[key] = schema
+
+
+def _default_schemas() -> None:
+    from audsemthinker.model.loader import ModelConfig
+    from audsemthinker.model.lora import LoraSettings
+
+    SCHEMAS.setdefault("model", ModelConfig)
+    SCHEMAS.setdefault("lora", LoraSettings)
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_fields(section: dict | DictConfig | None, schema: type, where: str,
+                 extra: tuple[str, ...] = ()) -> None:
+    """Fail if ``section`` has a key that is not a field of dataclass ``schema``.
+
+    Args:
+        section: the mapping to check (may be None: nothing to check).
+        schema: a dataclass, e.g. ``trl.SFTConfig``.
+        where: dotted path of the section, for the message (``train.sft``).
+        extra: keys accepted besides the dataclass fields.
+
+    Raises:
+        ConfigError: naming ``where.key`` and the closest valid name.
+    """
+    if section is None:
+        return
+    names = {f.name for f in dataclasses.fields(schema)} | set(extra)
+    for key in section:
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: not a field of {schema.__name__}"
+                              f"{_suggest(str(key), names)}")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check every section that has a schema; return ``cfg`` unchanged when it is valid.
+
+    Raises:
+        ConfigError: the first bad key, by its full dotted name.
+    """
+    _default_schemas()
+    for key, schema in SCHEMAS.items():
+        if key not in cfg or cfg[key] is None:
+            continue
+        section = cfg[key]
+        check_fields(section, schema, key)
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), section)
+        except OmegaConfBaseException as e:
+            bad = getattr(e, "full_key", None) or getattr(e, "key", "?")
+            raise ConfigError(f"{key}.{bad}: {e.msg if hasattr(e, 'msg') else e}") from None
+    return cfg
+
+
+def to_dataclass(section: DictConfig | dict, schema: type) -> Any:
+    """Build ``schema`` from a config section (after :func:`validate`)."""
+    data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) \
+        else dict(section)
+    return schema(**data)

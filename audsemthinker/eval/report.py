@@ -1,0 +1,198 @@
+"""Result files and human-readable reports: atomic writes, Markdown tables, a per-task bar chart.
+
+Result files are written atomically (temporary file in the same folder, fsync, ``os.replace``) so
+an interrupted evaluation never leaves a half-written JSON that a later run or the paper tables
+would trust. The tables take the dicts returned by :mod:`audsemthinker.eval.scoring`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from audsemthinker.eval.scoring import MMAU_GROUPS
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)``, fsync the file, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; the old file survives any failure.
+
+    Returns:
+        The path written.
+    """
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return _atomic(path, write)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically.
+
+    The object is serialised before anything touches the disk, so an unserialisable value (or a
+    NaN, refused with ``allow_nan=False`` to keep files strict JSON) leaves the old file intact.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError, ValueError: ``obj`` is not strict-JSON serialisable.
+    """
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return write_text_atomic(path, text)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (benchmark files are recorded by hash)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+def fmt(value: float | None, signed: bool = False) -> str:
+    """A percentage with two decimals (``+`` sign if asked), or ``-`` when missing."""
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub Markdown table; cells are rendered with ``str``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_MMAU_COLS = ["accuracy (%)", "correct", "scored", "skipped"]
+
+
+def _mmau_row(name: str, c: dict) -> list:
+    return [name, fmt(c["accuracy"]), c["correct"], c["scored"], c["skipped"]]
+
+
+def mmau_markdown(result: dict, title: str = "MMAU") -> str:
+    """Markdown tables of a :func:`score_mmau` result: total, then one table per group.
+
+    Args:
+        result: the dict returned by ``score_mmau``.
+        title: the section heading (e.g. "MMAU test-mini (v05.15.25)").
+
+    Returns:
+        Markdown text; skipped items appear in every table so a reader sees the denominator.
+    """
+    total = result["total"]
+    parts = [f"## {title}", "",
+             f"Scoring: {result['method']}; {result['n_items']} items, {total['skipped']} "
+             "skipped (no prediction; not in the denominator).", "",
+             "### Total", "", markdown_table(["", *_MMAU_COLS], [_mmau_row("total", total)])]
+    for group in MMAU_GROUPS:
+        rows = [_mmau_row(k, c) for k, c in result["groups"].get(group, {}).items()]
+        parts += ["", f"### Per {group}", "", markdown_table([group, *_MMAU_COLS], rows)]
+    return "\n".join(parts) + "\n"
+
+
+_MUCHO_COLS = ["accuracy (%)", "instruction following (%)", "correct", "unanswered", "n"]
+
+
+def _mucho_row(name: str, c: dict) -> list:
+    return [name, fmt(c["accuracy"]), fmt(c["instruction_following"]), c["correct"],
+            c["unanswered"], c["n"]]
+
+
+def muchomusic_markdown(result: dict, title: str = "MuchoMusic") -> str:
+    """Markdown tables of a :func:`score_muchomusic` (or judged) result.
+
+    Returns:
+        Markdown text naming the scoring method (official rule or LLM judge), with the total,
+        the knowledge / reasoning subsets and the per-dataset split.
+    """
+    method = {"official_rule": "official rule (letter, then option text)",
+              "llm_judge": "LLM judge (0/1)"}.get(result["method"], result["method"])
+    parts = [f"## {title}", "",
+             f"Scoring: {method}; {result['n_items']} items; unanswered count as wrong.", "",
+             "### Total", "", markdown_table(["", *_MUCHO_COLS], [_mucho_row("total",
+                                                                           result["total"])])]
+    for group, label in (("subset", "Per subset"), ("dataset", "Per dataset")):
+        rows = [_mucho_row(k, c) for k, c in result["groups"].get(group, {}).items()]
+        parts += ["", f"### {label}", "", markdown_table([group, *_MUCHO_COLS], rows)]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Plot
+# --------------------------------------------------------------------------------------------
+def plot_task_bars(result: dict, path: str | os.PathLike, group: str = "task",
+                   title: str | None = None) -> Path:
+    """Save a PNG bar chart of accuracy per value of ``group`` (default: per MMAU task).
+
+    matplotlib is imported here, with the non-interactive Agg backend, so scoring and tables
+    work without it and no display is ever needed.
+
+    Args:
+        result: a ``score_mmau`` / ``score_muchomusic`` result.
+        path: the PNG to write (atomically).
+        group: which ``result["groups"]`` entry to plot.
+        title: the chart title; defaults to the benchmark and group.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: the result has no such group or it is empty.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = result.get("groups", {}).get(group)
+    if not counts:
+        raise ValueError(f"result has no non-empty group {group!r}; has "
+                         f"{sorted(result.get('groups', {}))}")
+    names = list(counts)
+    values = [counts[n]["accuracy"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names)), 3.5))
+    try:
+        bars = ax.bar(names, values, color="#4C72B0")
+        for bar, name in zip(bars, names):
+            ax.annotate(fmt(counts[name]["accuracy"]), (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(title or f"{result.get('benchmark', '')} accuracy per {group}")
+        fig.tight_layout()
+        return _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)
