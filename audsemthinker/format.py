@@ -31,11 +31,22 @@ FORMAT_PATTERNS = {
 """Exact fullmatch patterns of the paper's format reward (SPEC section 6)."""
 
 
-def _tag_re(tag: str) -> re.Pattern:
-    return re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL)
+def first_block(text: str, tag: str) -> str | None:
+    """The content of the first ``<tag>...</tag>`` (what ``re.search(r"<tag>(.*?)</tag>",
+    DOTALL)`` returns), or None.
 
-
-_TAG_RES = {t: _tag_re(t) for t in (THINK, SEMANTIC, ANSWER)}
+    Two ``str.find`` calls instead of the regex: the regex retries at every later ``<tag>``
+    once the first one has no closing tag, which is quadratic (seconds on a 100k-character
+    completion of repeated ``<think>``). If the first opening tag has no closing tag after it,
+    no later one has either, so the first opening tag decides.
+    """
+    text = str(text)
+    start = text.find(f"<{tag}>")
+    if start < 0:
+        return None
+    start += len(tag) + 2
+    end = text.find(f"</{tag}>", start)
+    return text[start:end] if end >= 0 else None
 
 
 def check_variant(variant: str) -> str:
@@ -285,7 +296,7 @@ class Parts:
 def parse(completion: str, variant: str = "semantic") -> Parts:
     """Split a completion into its blocks (first occurrence of each); never raises."""
     text = str(completion)
-    found = {t: (m.group(1) if (m := r.search(text)) else None) for t, r in _TAG_RES.items()}
+    found = {t: first_block(text, t) for t in (THINK, SEMANTIC, ANSWER)}
     return Parts(found[THINK], found[SEMANTIC], found[ANSWER], is_well_formed(text, variant))
 
 
@@ -295,14 +306,14 @@ def is_well_formed(completion: str, variant: str = "semantic") -> bool:
 
 def extract_answer(completion: str) -> str:
     """The first ``<answer>...</answer>`` content (DOTALL), or the whole text if absent."""
-    m = _TAG_RES[ANSWER].search(str(completion))
-    return (m.group(1) if m else str(completion)).strip()
+    block = first_block(completion, ANSWER)
+    return (str(completion) if block is None else block).strip()
 
 
 def think_words(completion: str) -> int:
     """Whitespace-separated words inside the first ``<think>`` block (0 if absent)."""
-    m = _TAG_RES[THINK].search(str(completion))
-    return len(m.group(1).split()) if m else 0
+    block = first_block(completion, THINK)
+    return len(block.split()) if block is not None else 0
 
 
 _LETTER_RE = re.compile(r"^\s*[\(\[]?([A-Z])[\)\].:]?(?:\s+|$)")
