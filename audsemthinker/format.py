@@ -236,6 +236,27 @@ def mc_question(question: str, choices: list[str]) -> str:
     return f"{question}\nChoices:\n{format_choices(choices)}"
 
 
+def split_mc_question(text: str) -> tuple[str, list[str] | None]:
+    """Invert :func:`mc_question`: ``"q\\nChoices:\\nA. x\\nB. y"`` -> ``("q", ["x", "y"])``.
+
+    The published AudSem ``mc_qa`` shards store the question with its choices block already
+    appended; builders split it off and re-render, so every prompt comes from one function.
+    Text without a well-formed block (letters A, B, ... in order) comes back unchanged with
+    ``None``.
+    """
+    text = str(text)
+    head, sep, block = text.rpartition("\nChoices:\n")
+    if not sep:
+        return text, None
+    choices = []
+    for i, line in enumerate(block.strip("\n").split("\n")):
+        prefix = f"{OPTION_LETTERS[i]}. " if i < len(OPTION_LETTERS) else None
+        if prefix is None or not line.startswith(prefix):
+            return text, None
+        choices.append(line[len(prefix):])
+    return head, choices
+
+
 def mc_answer(choices: list[str], index: int) -> str:
     """The gold answer string of the training data: ``"B. The sound of birds"``."""
     return f"{OPTION_LETTERS[index]}. {choices[index]}"

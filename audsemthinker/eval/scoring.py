@@ -18,9 +18,9 @@ from audsemthinker.format import (
     OPTION_LETTERS,
     answer_to_text,
     extract_answer,
+    word_set,
 )
 
-_WORD_RE = re.compile(r"\b\w+\b")
 MMAU_GROUPS = ("task", "difficulty", "sub-category", "category")
 """The MMAU item fields accuracy is broken down by, in report order."""
 _MMAU_REQUIRED = ("id", "choices", "answer", *MMAU_GROUPS)
@@ -60,7 +60,7 @@ def _check_known(ids: set[str], given: Iterable, what: str) -> None:
 # --------------------------------------------------------------------------------------------
 def mmau_tokens(text: str) -> set[str]:
     """The official tokenisation: the set of regex ``\\b\\w+\\b`` matches in ``text.lower()``."""
-    return set(_WORD_RE.findall(str(text).lower()))
+    return word_set(text)
 
 
 def mmau_match(answer: str, prediction: str, choices: list[str]) -> bool:

@@ -48,7 +48,7 @@ def _corpus() -> list[str]:
 
 def build_tiny_tokenizer(vocab_size: int = TINY_SIZES["vocab"]):
     """A byte-level BPE ``Qwen2Tokenizer`` with the real special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     tok = Tokenizer(models.BPE())
@@ -63,12 +63,17 @@ def build_tiny_tokenizer(vocab_size: int = TINY_SIZES["vocab"]):
     vocab = dict(state["vocab"])
     for t in SPECIAL_TOKENS:  # appended in the hub's order
         vocab.setdefault(t, len(vocab))
-    return Qwen2Tokenizer(
+    tokenizer = Qwen2Tokenizer(
         vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>",
         pad_token="<|endoftext|>", additional_special_tokens=list(SPECIAL_TOKENS),
         extra_special_tokens=dict(NAMED_TOKENS), model_max_length=32768,
         chat_template=CHAT_TEMPLATE, errors="replace",
     )
+    # transformers 5 registers only the named tokens above as added tokens; without this,
+    # "<|im_start|>" (and four others) split into bytes, unlike the hub tokenizer. Ids unchanged.
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
+                         special_tokens=True)
+    return tokenizer
 
 
 def tiny_thinker_config(tokenizer, sizes: dict | None = None):

@@ -1,0 +1,133 @@
+"""Load any audio file as the thinker hears it: 16 kHz mono float32, checked.
+
+Every reader of audio in the package (builders, collators, the GRPO trainer, the evaluation
+harness, the contamination report) goes through :func:`load_audio`, so a broken file fails the
+same way everywhere: an :class:`AudioError` whose short ``reason`` lands in a build report or an
+exclusion list, never a crash deep inside a feature extractor and never a silently wrong clip.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+"""The thinker's audio front end rate (Whisper features); every clip is resampled to it."""
+
+ON_LONG = ("truncate", "skip")
+REASONS = ("missing", "empty_file", "undecodable", "non_finite", "too_short", "too_long",
+           "silent")
+"""Every ``AudioError.reason``; build reports count skips under these names."""
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used, with a machine-readable ``reason``.
+
+    Attributes:
+        reason: one of :data:`REASONS`.
+        path: the file.
+        detail: a human-readable explanation (the decoder's message, the measured duration).
+    """
+
+    def __init__(self, reason: str, path: str | Path, detail: str = ""):
+        self.reason, self.path, self.detail = reason, str(path), detail
+        super().__init__(f"{reason}: {path}" + (f" ({detail})" if detail else ""))
+
+
+def _read_soundfile(path: Path, max_seconds: float | None, on_long: str):
+    """Decode with libsndfile, reading only the frames that will be kept."""
+    import soundfile as sf
+
+    with sf.SoundFile(str(path)) as f:
+        sr, frames = f.samplerate, f.frames
+        if max_seconds is not None and frames > max_seconds * sr:
+            if on_long == "skip":
+                raise AudioError("too_long", path, f"{frames / sr:.2f} s > {max_seconds} s")
+            frames = int(math.ceil(max_seconds * sr))
+        data = f.read(frames, dtype="float32", always_2d=True)
+    return data.T, sr  # (channels, samples)
+
+
+def _read_librosa(path: Path, max_seconds: float | None, on_long: str):
+    """Fallback for formats libsndfile lacks (mp3 via audioread/ffmpeg, m4a, ...)."""
+    import librosa
+
+    # librosa warns when it falls back from soundfile to audioread: that is expected here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        duration = max_seconds if (max_seconds is not None and on_long == "truncate") else None
+        data, sr = librosa.load(str(path), sr=None, mono=False, duration=duration)
+    data = np.atleast_2d(np.asarray(data, dtype=np.float32))
+    if max_seconds is not None and on_long == "skip" and data.shape[1] > max_seconds * sr:
+        raise AudioError("too_long", path, f"{data.shape[1] / sr:.2f} s > {max_seconds} s")
+    return data, int(sr)
+
+
+def load_audio(path: str | Path, max_seconds: float | None = None, on_long: str = "truncate",
+               min_seconds: float = 0.1) -> np.ndarray:
+    """Decode, check, downmix and resample one file to 16 kHz mono float32.
+
+    soundfile (libsndfile: wav, flac, ogg, ...) decodes first; librosa (audioread) is the
+    fallback for other formats. Channels are averaged; resampling uses soxr through librosa.
+    A clip longer than ``max_seconds`` is cut to its first ``max_seconds`` (only those frames
+    are decoded, so a 30-minute file costs no more than a short one) or refused.
+
+    Args:
+        path: the audio file.
+        max_seconds: longest clip kept; ``None`` keeps everything.
+        on_long: ``"truncate"`` or ``"skip"`` (raise ``too_long``) past ``max_seconds``.
+        min_seconds: shortest clip accepted (the encoder needs a few frames to say anything).
+
+    Returns:
+        A 1-D contiguous float32 array at :data:`SAMPLE_RATE`.
+
+    Raises:
+        AudioError: ``missing`` (no such file), ``empty_file`` (zero bytes), ``undecodable``
+            (no decoder reads it, e.g. non-audio bytes or a truncated FLAC), ``non_finite``
+            (NaN/inf samples), ``too_short``, ``too_long`` (with ``on_long="skip"``), ``silent``
+            (all-zero or constant: the signature of a failed download or a broken encoder,
+            never of a real recording).
+        ValueError: an unknown ``on_long``.
+    """
+    if on_long not in ON_LONG:
+        raise ValueError(f"on_long must be one of {ON_LONG}, got {on_long!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError("missing", path)
+    if path.stat().st_size == 0:
+        raise AudioError("empty_file", path)
+    try:
+        data, sr = _read_soundfile(path, max_seconds, on_long)
+    except AudioError:
+        raise
+    except Exception as sf_error:  # libsndfile refuses: unknown format or corrupt stream
+        try:
+            data, sr = _read_librosa(path, max_seconds, on_long)
+        except AudioError:
+            raise
+        except Exception as e:
+            raise AudioError("undecodable", path, f"{sf_error}; fallback: {type(e).__name__} {e}"
+                             ) from None
+    if data.size == 0:
+        raise AudioError("empty_file", path, "no samples")
+    if not np.isfinite(data).all():
+        raise AudioError("non_finite", path, f"{int((~np.isfinite(data)).sum())} NaN/inf samples")
+    audio = data.mean(axis=0) if data.shape[0] > 1 else data[0]
+    if audio.size < min_seconds * sr:
+        raise AudioError("too_short", path, f"{audio.size / sr:.3f} s < {min_seconds} s")
+    # Checked before resampling: the filter's edges would make a constant signal non-constant.
+    if audio.max() == audio.min():
+        raise AudioError("silent", path, f"constant value {float(audio[0])}")
+    if sr != SAMPLE_RATE:
+        import librosa
+
+        audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def duration_seconds(audio: np.ndarray) -> float:
+    """Seconds of a waveform returned by :func:`load_audio`."""
+    return float(len(audio)) / SAMPLE_RATE

@@ -1,0 +1,181 @@
+"""Benchmark rows: MMAU (official JSON + audio folder) and MuchoMusic (CSV + audio folder).
+
+Rows keep every field of the source item (the scorers group by ``task``, ``difficulty``,
+``sub-category``, ``music_reasoning``, ...), add the ``audio`` path, and carry each prompt the
+evaluation harness may pick by name under ``prompts``: ``audsem`` (the paper's system-prompted
+instruction + ``Choices:`` layout), ``r1_aqa`` and, for MuchoMusic, ``muchomusic``. All prompt
+strings come from :mod:`audsemthinker.format`.
+
+The rows deliberately have no ``prompt`` (chat messages) column: the harness would use it as is
+and ignore the template chosen in the eval config.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from audsemthinker import format as fmt
+from audsemthinker.data.registry import Meta, Skip, register_builder
+
+MMAU_KEYS = ("id", "audio_id", "question", "choices", "answer", "dataset", "task", "split",
+             "category", "sub-category", "difficulty")
+MMAU_REQUIRED = ("id", "audio_id", "question", "choices", "answer")
+MUCHOMUSIC_REQUIRED = ("question", "dataset_identifier", "correct_answer", "distractor_1_answer",
+                       "distractor_2_answer", "distractor_3_answer")
+AUDIO_EXTS = ("", ".wav", ".flac", ".mp3", ".ogg")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def benchmark_prompts(question: str, options: list[str], variant: str = "semantic",
+                      prepend_instruction: bool = True, length_budget: int | None = None,
+                      muchomusic: bool = False) -> dict[str, str]:
+    """The user texts of one benchmark item under every template name the harness knows."""
+    out = {"audsem": fmt.user_prompt(question, options, variant=variant,
+                                     prepend_instruction=prepend_instruction,
+                                     length_budget=length_budget),
+           "r1_aqa": fmt.r1_aqa_prompt(question, options)}
+    if muchomusic:
+        out["muchomusic"] = fmt.muchomusic_prompt(question, options)
+    return out
+
+
+@register_builder("mmau")
+def mmau(out_dir: Path, *, metadata: str, audio_root: str | None = None, split: str = "test",
+         version: str | None = None, variant: str = "semantic", prepend_instruction: bool = True,
+         length_budget: int | None = None, limit: int | None = None):
+    """Yield MMAU rows (test-mini with answers, or test with empty answers).
+
+    Args:
+        out_dir: dataset folder (rows go to ``<out_dir>/<split>.jsonl``).
+        metadata: the official JSON list (``mmau-test-mini.json`` / ``mmau-test.json``).
+        audio_root: folder the audio archive was extracted to; each ``audio_id``
+            (``./test-mini-audios/<id>.wav``) is resolved against it. Default: the JSON's folder.
+        split: the output split name.
+        version: which MMAU release (``original`` / ``v05.15.25``), recorded with the file's
+            sha256 in the report (results must say which they used).
+        variant, prepend_instruction, length_budget: options of the ``audsem`` prompt.
+        limit: stop after this many rows.
+
+    Yields:
+        ``(split, row)``: every MMAU field plus ``audio``, ``benchmark`` and ``prompts``.
+
+    Raises:
+        ValueError: the file is not a JSON list (a whole-file problem, not an item's).
+    """
+    meta_path = Path(metadata)
+    items = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(items, list):
+        raise ValueError(f"mmau: {meta_path} holds a {type(items).__name__}, expected a list")
+    root = Path(audio_root) if audio_root else meta_path.parent
+    yield Meta({"total": len(items), "metadata": str(meta_path), "version": version,
+                "metadata_sha256": sha256_file(meta_path), "audio_root": str(root)})
+    n = 0
+    for i, item in enumerate(items):
+        item_id = str(item.get("id")) if isinstance(item, dict) and item.get("id") else f"#{i}"
+        if not isinstance(item, dict):
+            yield Skip(item_id, "malformed_item", f"{type(item).__name__} at index {i}")
+            continue
+        missing = [k for k in MMAU_REQUIRED if k not in item]
+        if missing:
+            yield Skip(item_id, "missing_field", ",".join(missing))
+            continue
+        choices = item["choices"]
+        if not isinstance(choices, list) or len(choices) < 2:
+            yield Skip(item_id, "bad_choices", repr(choices)[:100])
+            continue
+        answer = str(item["answer"] or "")
+        if answer and answer not in choices:  # test has empty answers; test-mini verbatim
+            yield Skip(item_id, "answer_not_in_choices", f"{answer!r} not in {choices!r}")
+            continue
+        question = str(item["question"])
+        row = {**item, "id": item_id, "audio": str((root / str(item["audio_id"])).resolve()),
+               "benchmark": "mmau",
+               "prompts": benchmark_prompts(question, [str(c) for c in choices], variant,
+                                            prepend_instruction, length_budget)}
+        yield split, row
+        n += 1
+        if limit is not None and n >= limit:
+            return
+
+
+def _find_track(audio_dir: Path, row: dict, template: str | None) -> Path:
+    if template:
+        return audio_dir / template.format(**row)
+    ident = str(row["dataset_identifier"])
+    for base in (audio_dir / str(row.get("dataset", "")) / ident, audio_dir / ident):
+        for ext in AUDIO_EXTS:
+            cand = base.with_name(base.name + ext)
+            if cand.is_file():
+                return cand
+    return audio_dir / ident  # reported as missing by the audio check
+
+
+@register_builder("muchomusic")
+def muchomusic(out_dir: Path, *, csv_path: str, audio_dir: str, seed: int = 0,
+               audio_template: str | None = None, split: str = "test",
+               variant: str = "semantic", prepend_instruction: bool = True,
+               length_budget: int | None = None, limit: int | None = None):
+    """Yield MuchoMusic rows with the four options in a seeded, recorded shuffled order.
+
+    Args:
+        out_dir: dataset folder.
+        csv_path: the benchmark CSV (``question, dataset, dataset_identifier, correct_answer,
+            distractor_1_answer .. distractor_3_answer, genre, music_reasoning,
+            music_knowledge``).
+        audio_dir: folder of the tracks; a track is found as
+            ``<audio_dir>/[<dataset>/]<dataset_identifier>[.wav|.flac|.mp3|.ogg]`` unless
+            ``audio_template`` (e.g. ``"{dataset}/{dataset_identifier}.wav"``) says otherwise.
+        seed: option-order seed; each item's order depends only on ``(seed, item id)``.
+        audio_template: format string over the CSV columns giving the path under audio_dir.
+        split: the output split name.
+        variant, prepend_instruction, length_budget: options of the ``audsem`` prompt.
+        limit: stop after this many rows.
+
+    Yields:
+        ``(split, row)``: the CSV columns plus ``id``, ``audio``, ``options`` (shown order),
+        ``choices`` (the same), ``answer`` (the correct text), ``answer_index``,
+        ``option_seed``, ``benchmark`` and ``prompts``.
+    """
+    path = Path(csv_path)
+    with open(path, newline="", encoding="utf-8") as f:
+        records = list(csv.DictReader(f))
+    yield Meta({"total": len(records), "csv": str(path), "csv_sha256": sha256_file(path),
+                "option_seed": seed})
+    n = 0
+    for i, rec in enumerate(records):
+        item_id = str(rec.get("id") or f"muchomusic-{i:04d}")
+        missing = [k for k in MUCHOMUSIC_REQUIRED if not str(rec.get(k) or "").strip()]
+        if missing:
+            yield Skip(item_id, "missing_field", ",".join(missing))
+            continue
+        texts = [rec["correct_answer"]] + [rec[f"distractor_{k}_answer"] for k in (1, 2, 3)]
+        texts = [t.strip() for t in texts]
+        if len({fmt.normalize(t) for t in texts}) < 4:
+            yield Skip(item_id, "duplicate_options", repr(texts)[:200])
+            continue
+        digest = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:16], 16)
+        order = np.random.default_rng(digest).permutation(4)
+        options = [texts[j] for j in order]
+        row = {**rec, "id": item_id, "audio": str(_find_track(Path(audio_dir), rec,
+                                                                audio_template).resolve()),
+               "options": options, "choices": options, "answer": texts[0],
+               "answer_index": int(np.flatnonzero(order == 0)[0]), "option_seed": seed,
+               "benchmark": "muchomusic",
+               "prompts": benchmark_prompts(rec["question"].strip(), options, variant,
+                                            prepend_instruction, length_budget, muchomusic=True)}
+        yield split, row
+        n += 1
+        if limit is not None and n >= limit:
+            return

@@ -1,0 +1,314 @@
+"""Dataset builders by name, and the one loop that turns a builder's items into files.
+
+A builder is a generator function ``builder(out_dir, **kwargs)`` registered with
+:func:`register_builder`. It yields ``(split, row)`` for each example (rows from
+:mod:`audsemthinker.data.examples`), :class:`Skip` for each source item it cannot use, and
+:class:`Meta` for facts about the source (file hashes, versions, an expected total).
+:func:`build_dataset` owns everything else, the same for every builder: kwargs checked against
+the builder's signature before any work, unique ids, every row's audio decoded through
+:func:`audsemthinker.audio.load_audio` (its duration recorded, broken audio skipped by reason),
+``<split>.jsonl`` written atomically, the report written, and ``strict`` handling.
+
+Add a builder of your own::
+
+    from audsemthinker.data.registry import register_builder
+
+    @register_builder("my_corpus")
+    def my_corpus(out_dir, *, csv_path, kind="sft"):
+        ...
+        yield "train", to_sft_row(...)
+
+or name it in a config as ``builder: my_package.my_module:my_corpus``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audsemthinker.data.examples import ExampleWriter
+from audsemthinker.data.report import BuildReport
+
+log = logging.getLogger(__name__)
+
+_BUILDERS: dict[str, Callable[..., Iterator]] = {}
+_BUILTIN_MODULES = ("audsemthinker.data.synthetic", "audsemthinker.data.audsem",
+                    "audsemthinker.data.benchmarks")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A source item a builder could not turn into a row, and why (``reason`` is counted)."""
+
+    id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Facts about the source recorded in the report (``{"total": n}`` sizes the progress bar)."""
+
+    values: dict
+
+
+class BuildError(ValueError):
+    """Raised under ``strict=True`` at the first bad item: ``reason`` and ``item_id`` name it."""
+
+    def __init__(self, reason: str, item_id: str, detail: str = ""):
+        self.reason, self.item_id, self.detail = reason, str(item_id), detail
+        super().__init__(f"item {item_id!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+def register_builder(name: str) -> Callable[[Callable], Callable]:
+    """Decorator registering a builder generator under ``name`` (re-registering replaces it)."""
+
+    def deco(fn: Callable) -> Callable:
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def available_builders() -> list[str]:
+    """Sorted names of every registered builder (the built-in ones included)."""
+    _load_builtins()
+    return sorted(_BUILDERS)
+
+
+def get_builder(name: str) -> Callable[..., Iterator]:
+    """The builder registered as ``name``, or ``"package.module:function"`` imported.
+
+    Raises:
+        ValueError: an unknown name; the message lists the registered names.
+    """
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    _load_builtins()
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown dataset builder {name!r}; available: {available_builders()}")
+    return _BUILDERS[name]
+
+
+def check_kwargs(builder: Callable, kwargs: dict) -> dict:
+    """Bind ``kwargs`` to the builder's signature before any work is done.
+
+    Raises:
+        TypeError: naming a misspelt or missing argument (and the closest valid name).
+    """
+    sig = inspect.signature(builder)
+    params = [p for p in sig.parameters if p != "out_dir"]
+    for key in kwargs:
+        if key not in params and not any(p.kind is p.VAR_KEYWORD
+                                         for p in sig.parameters.values()):
+            close = difflib.get_close_matches(key, params, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"builder {builder.__name__!r} has no argument {key!r}{hint} "
+                            f"(arguments: {params})")
+    try:
+        sig.bind(Path("."), **kwargs)
+    except TypeError as e:
+        raise TypeError(f"builder {builder.__name__!r}: {e}") from None
+    return dict(kwargs)
+
+
+def holdout(key: str, seed: int, fraction: float) -> bool:
+    """Whether item ``key`` falls in a seeded held-out split of about ``fraction`` of the items.
+
+    A hash of ``(seed, key)``, so the choice is reproducible, independent of item order and
+    streamable (the public release drew its validation split unseeded).
+    """
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+# --------------------------------------------------------------------------------------------
+# The build loop
+# --------------------------------------------------------------------------------------------
+def _load_tokenizer(tokenizer: Any) -> Any:
+    if tokenizer is None or hasattr(tokenizer, "apply_chat_template"):
+        return getattr(tokenizer, "tokenizer", tokenizer)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer))
+
+
+def row_tokens(row: dict, tokenizer: Any, n_samples: int) -> dict[str, int]:
+    """Text, audio and total tokens one row costs the thinker.
+
+    The chat template renders one ``<|AUDIO|>`` placeholder per clip; the processor expands it
+    to 25 tokens per second (:func:`audsemthinker.model.tokens.audio_tokens_for_frames`).
+    """
+    from audsemthinker.data.examples import audio_paths
+    from audsemthinker.model.tokens import audio_tokens_for_frames
+
+    messages = row.get("messages") or row.get("prompt")
+    if not messages:
+        from audsemthinker import format as fmt
+
+        text = (row.get("prompts") or {}).get("audsem") or row.get("question") or ""
+        messages = [{"role": "system", "content": [{"type": "text", "text": fmt.SYSTEM_PROMPT}]},
+                    {"role": "user", "content": [{"type": "audio", "audio": row["audio"]},
+                                                 {"type": "text", "text": text}]}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    n_clips = len(set(audio_paths(row))) or 1  # the audio column repeats the message's path
+    text = len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) - n_clips
+    audio = audio_tokens_for_frames(math.ceil(n_samples / 160)) * n_clips if n_samples else 0
+    return {"text": text, "audio": audio, "total": text + audio}
+
+
+def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
+                  max_seconds: float | None = None, on_long: str = "truncate",
+                  min_seconds: float = 0.1, check_audio: bool = True, tokenizer: Any = None,
+                  progress: bool = False, plot: bool = True, report_name: str = "build_report",
+                  **kwargs: Any) -> BuildReport:
+    """Run builder ``name`` and write ``out_dir/<split>.jsonl`` plus the build report.
+
+    Args:
+        name: a registered builder name (see :func:`available_builders`) or
+            ``"module:function"``.
+        out_dir: the dataset folder; audio the builder creates goes under ``out_dir/audio``.
+        strict: raise :class:`BuildError` at the first bad item instead of skipping it.
+        max_seconds: longest clip (None: no limit); see ``on_long``.
+        on_long: ``truncate`` (keep the row; loaders cut the clip) or ``skip`` (reason
+            ``too_long``).
+        min_seconds: shortest clip kept (reason ``too_short``).
+        check_audio: decode every row's audio (durations, broken files). Turning it off trusts
+            the source and leaves durations empty.
+        tokenizer: a tokenizer/processor, or a path to load one from, for tokens-per-example
+            statistics (None: not computed).
+        progress: show a tqdm progress bar.
+        plot: write the duration histogram PNG.
+        report_name: report file stem (``<report_name>.json`` / ``.md`` / ``_durations.png``);
+            builds that share a folder (MMAU test-mini and test) use different names.
+        **kwargs: the builder's own arguments.
+
+    Returns:
+        The :class:`BuildReport` (also written as ``build_report.json`` / ``.md``).
+
+    Raises:
+        ValueError: an unknown builder name.
+        TypeError: a builder argument the builder does not take (named in the message).
+        BuildError: under ``strict`` at the first bad item.
+    """
+    from audsemthinker.audio import AudioError, load_audio
+
+    builder = get_builder(name)
+    kwargs = check_kwargs(builder, kwargs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _load_tokenizer(tokenizer)
+    report = BuildReport(name=name, out_dir=str(out), kwargs=kwargs, strict=strict,
+                         audio_checks=dict(max_seconds=max_seconds, on_long=on_long,
+                                           min_seconds=min_seconds, check_audio=check_audio))
+    audio_root = (out / "audio").resolve()
+    start, seen = time.perf_counter(), set()
+
+    def skip(item_id: str, reason: str, detail: str = "", audio: str | None = None) -> None:
+        if strict:
+            raise BuildError(reason, item_id, detail)
+        report.add_skip(item_id, reason, detail)
+        # Audio the builder wrote for a dropped row goes too (another row may hard-link it).
+        if audio and Path(audio).resolve().parent == audio_root:
+            Path(audio).unlink(missing_ok=True)
+
+    with ExitStack() as stack:
+        writers: dict[str, ExampleWriter] = {}
+        bar = _progress(stack, progress, name)
+        for item in builder(out, **kwargs):
+            if isinstance(item, Meta):
+                report.meta.update(item.values)
+                if bar is not None and "total" in item.values:
+                    bar.total = item.values["total"]
+                continue
+            if bar is not None:
+                bar.update(1)
+            if isinstance(item, Skip):
+                skip(item.id, item.reason, item.detail)
+                continue
+            split, row = item
+            item_id = str(row.get("id") or "")
+            if not item_id:
+                skip("<no id>", "missing_field", "id")
+                continue
+            if item_id in seen:
+                skip(item_id, "duplicate_id", f"split {split}")
+                continue
+            if not row.get("audio"):
+                skip(item_id, "missing_field", "audio")
+                continue
+            n_samples = 0
+            if check_audio:
+                try:
+                    wave = load_audio(row["audio"], max_seconds, on_long, min_seconds)
+                except AudioError as e:
+                    skip(item_id, e.reason, e.detail or str(e), row["audio"])
+                    continue
+                n_samples = len(wave)
+                row["duration"] = round(n_samples / 16000, 3)
+                if max_seconds is not None and row["duration"] >= max_seconds - 1e-3:
+                    report.at_max_seconds += 1
+            seen.add(item_id)
+            if split not in writers:
+                writers[split] = stack.enter_context(ExampleWriter(out / f"{split}.jsonl"))
+                report.files[split] = str(out / f"{split}.jsonl")
+            writers[split].write(row)
+            tokens = row_tokens(row, tok, n_samples) if tok is not None else None
+            report.add_kept(split, row.get("duration") or 0.0, tokens)
+    report.elapsed_s = time.perf_counter() - start
+    path = report.write(out, plot=plot, stem=report_name)
+    log.info("built %s: kept %d, skipped %d -> %s", name, report.total_kept,
+             report.total_skipped, path)
+    return report
+
+
+def _progress(stack: ExitStack, enabled: bool, name: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return stack.enter_context(tqdm(desc=f"build {name}", unit="item"))
+
+
+def build_from_config(data_cfg: Any, progress: bool = True) -> BuildReport:
+    """Build the dataset a ``configs/data/*.yaml`` node describes.
+
+    The node holds ``builder``, ``out_dir``, ``strict``, ``kwargs`` (the builder's arguments),
+    and optionally ``audio`` (``max_seconds``, ``on_long``, ``min_seconds``, ``check_audio``),
+    ``tokenizer`` and ``report_name``.
+
+    Raises:
+        ValueError / TypeError / BuildError: as :func:`build_dataset`; a node key that is not
+            one of the above is a TypeError naming it.
+    """
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(data_cfg, resolve=True) if not isinstance(data_cfg, dict) \
+        else dict(data_cfg)
+    known = {"builder", "out_dir", "strict", "kwargs", "audio", "tokenizer", "report_name"}
+    unknown = set(cfg) - known
+    if unknown:
+        raise TypeError(f"data config: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
+    return build_dataset(cfg["builder"], cfg["out_dir"], bool(cfg.get("strict", False)),
+                         tokenizer=cfg.get("tokenizer"), progress=progress,
+                         report_name=cfg.get("report_name") or "build_report",
+                         **(cfg.get("audio") or {}), **(cfg.get("kwargs") or {}))
