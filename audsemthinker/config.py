@@ -64,6 +64,29 @@ def check_fields(section: dict | DictConfig | None, schema: type, where: str,
                               f"{_suggest(str(key), names)}")
 
 
+DATA_KEYS = ("builder", "out_dir", "strict", "kwargs", "audio", "tokenizer", "report_name")
+
+
+def _validate_data(section: DictConfig) -> None:
+    """The data node: known keys, a registered builder, kwargs that bind to its signature."""
+    from audsemthinker.data.registry import check_kwargs, get_builder
+
+    for key in section:
+        if key not in DATA_KEYS:
+            raise ConfigError(f"data.{key}: not a data config key{_suggest(str(key), DATA_KEYS)}"
+                              f" (keys: {list(DATA_KEYS)})")
+    try:
+        builder = get_builder(section.builder)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"data.builder: {e}") from None
+    kwargs = OmegaConf.to_container(section.get("kwargs") or {}, resolve=False)
+    try:
+        check_kwargs(builder, kwargs)
+    except TypeError as e:
+        bad = next((k for k in kwargs if f"{k!r}" in str(e)), "?")
+        raise ConfigError(f"data.kwargs.{bad}: {e}") from None
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check every section that has a schema; return ``cfg`` unchanged when it is valid.
 
@@ -81,6 +104,12 @@ def validate(cfg: DictConfig) -> DictConfig:
         except OmegaConfBaseException as e:
             bad = getattr(e, "full_key", None) or getattr(e, "key", "?")
             raise ConfigError(f"{key}.{bad}: {e.msg if hasattr(e, 'msg') else e}") from None
+    if "data" in cfg and cfg.data is not None:
+        _validate_data(cfg.data)
+    if "eval" in cfg and cfg.eval is not None:
+        from audsemthinker.eval.settings import eval_settings
+
+        eval_settings(cfg.eval)  # raises ConfigError naming the key
     return cfg
 
 

@@ -43,3 +43,13 @@ def tiny_model(tiny_full_dir):
 
     torch.manual_seed(0)
     return load_thinker(ModelConfig(name_or_path=str(tiny_full_dir), dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    """One small synthetic multiple-choice build (SFT rows) shared by the training/eval tests."""
+    from audsemthinker.data.registry import build_dataset
+
+    out = tmp_path_factory.mktemp("synthetic")
+    build_dataset("synthetic", out, n_train=32, n_valid=8, n_test=8, plot=False)
+    return out

@@ -31,6 +31,8 @@ def test_root_config_composes_and_validates():
     ("+lora.rank=4", "lora.rank"),
     ("lora.r=eight", "lora.r"),
     ("model.tiny=maybe", "model.tiny"),
+    ("+data.kwargs.n_trian=3", "data.kwargs.n_trian"),
+    ("+data.stirct=true", "data.stirct"),
 ])
 def test_bad_keys_fail_with_their_name(override, key):
     cfg = _compose([override])

@@ -1,0 +1,138 @@
+"""The ``eval`` config section as dataclasses, checked at start-up, and the benchmark rows.
+
+``configs/eval/*.yaml`` compose into one section; a misspelt key (``eval.decodng``,
+``eval.benchmarks.mmau_test_mini.scorr``) fails before any model is loaded, naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from audsemthinker.config import ConfigError, check_fields
+from audsemthinker.eval.generate import TEMPLATES, decoding_from
+
+SCORERS = ("mmau", "muchomusic", "accuracy")
+
+
+@dataclass
+class BenchmarkSpec:
+    """One entry of ``eval.benchmarks``.
+
+    Attributes:
+        scorer: ``mmau`` (official token-set rule), ``muchomusic`` (official letter/text pick)
+            or ``accuracy`` (our rows: option match against the row's gold).
+        rows: the JSONL of rows to evaluate (the benchmark builders' output, or e.g. the
+            synthetic test split).
+        metadata: the official metadata file (MMAU JSON / MuchoMusic CSV) whose sha256 every
+            result records; the rows file is hashed when unset. The MMAU submission copies its
+            items verbatim when it is a JSON file.
+        version: benchmark version recorded in results ("original", "v05.15.25", ...).
+        split: e.g. "test-mini" or "test" (recorded; the MMAU test split has no answers and
+            gets a submission file instead of a score).
+        submission: also write the MMAU submission file when answers are present.
+        template: prompt template for this benchmark (default ``eval.prompt``).
+        limit: evaluate only the first N rows (quick checks).
+    """
+
+    scorer: str = "mmau"
+    rows: str = ""
+    metadata: str | None = None
+    version: str = "original"
+    split: str | None = None
+    submission: bool = False
+    template: str | None = None
+    limit: int | None = None
+
+
+@dataclass
+class EvalSettings:
+    """The ``eval`` section (see ``configs/eval/paper.yaml`` for every field in use)."""
+
+    benchmarks: dict[str, BenchmarkSpec] = field(default_factory=dict)
+    prompt: str = "audsem"
+    system_prompt: bool = True
+    adapter: str | None = None
+    merge_adapter: bool = False
+    batch_size: int = 8
+    decoding: dict = field(default_factory=dict)
+    max_audio_seconds: float | None = None
+    device: str = "auto"
+    output_dir: str | None = None
+    plot: bool = True
+
+
+def eval_settings(section: DictConfig | Mapping) -> EvalSettings:
+    """Check and convert the ``eval`` config section.
+
+    Raises:
+        ConfigError: an unknown key (with its full name), an unknown scorer or template, a
+            benchmark without rows, a non-positive batch size, or bad decoding settings.
+    """
+    data = (OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig)
+            else dict(section))
+    check_fields(data, EvalSettings, "eval")
+    benches = {}
+    for name, spec in (data.pop("benchmarks", None) or {}).items():
+        where = f"eval.benchmarks.{name}"
+        check_fields(spec, BenchmarkSpec, where)
+        b = BenchmarkSpec(**spec)
+        if b.scorer not in SCORERS:
+            raise ConfigError(f"{where}.scorer: {b.scorer!r} is not one of {SCORERS}")
+        if not b.rows:
+            raise ConfigError(f"{where}.rows: a rows JSONL path is required")
+        if b.template is not None and b.template not in TEMPLATES:
+            raise ConfigError(f"{where}.template: {b.template!r} is not one of {TEMPLATES}")
+        benches[name] = b
+    s = EvalSettings(benchmarks=benches, **data)
+    if not benches:
+        raise ConfigError("eval.benchmarks: nothing to evaluate")
+    if s.prompt not in TEMPLATES:
+        raise ConfigError(f"eval.prompt: {s.prompt!r} is not one of {TEMPLATES}")
+    if int(s.batch_size) < 1:
+        raise ConfigError(f"eval.batch_size: must be >= 1, got {s.batch_size}")
+    try:
+        decoding_from(s.decoding)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"eval.decoding: {e}") from None
+    return s
+
+
+def ensure_rows(spec: BenchmarkSpec, name: str) -> Path:
+    """The rows file of a benchmark, which must have been built.
+
+    Raises:
+        FileNotFoundError: naming the file and the build command.
+    """
+    path = Path(spec.rows)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"eval.benchmarks.{name}.rows: {path} does not exist; build the rows first, e.g. "
+            "`python scripts/build_data.py data=mmau_test_mini` (configs/data/ has one config "
+            "per benchmark), or point the rows key at the built JSONL")
+    return path
+
+
+def load_rows(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Read a rows JSONL (``data.examples.load_examples``: audio paths resolved against the
+    file's folder), keep the first ``limit`` rows, and check that ids are unique.
+
+    Raises:
+        ValueError: a damaged line, a row without ``id``, or a duplicate id (predictions are
+            keyed by id, so duplicates would silently merge).
+    """
+    from audsemthinker.data.examples import load_examples
+
+    rows, seen = [], set()
+    for n, row in enumerate(load_examples(path), 1):
+        if row.get("id") in (None, ""):
+            raise ValueError(f"{path}: row {n} has no 'id'")
+        row["id"] = str(row["id"])
+        if row["id"] in seen:
+            raise ValueError(f"{path}: row {n} repeats id {row['id']!r}")
+        seen.add(row["id"])
+        rows.append(row)
+    return rows if limit is None else rows[:limit]
