@@ -1,0 +1,98 @@
+"""Merge a trained LoRA adapter into the thinker and write a standalone thinker folder.
+
+The folder holds ``config.json`` (``Qwen2_5OmniThinkerConfig``), ``model.safetensors``, the
+generation config and the processor files (tokenizer, feature extractor, chat template). Both
+:func:`audsemthinker.model.loader.load_thinker` and stock
+``Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained`` load it; it has no talker, so the
+full Omni class (which needs ``spk_dict.pt``) does not (PITFALLS.md, Checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def find_trained(path: str | Path) -> tuple[Path, str]:
+    """Locate what a run trained: an adapter folder or a full-model folder.
+
+    Looks at ``path`` itself, then ``path/final``, then the newest complete checkpoint.
+
+    Returns:
+        ``(folder, kind)`` with kind ``adapter`` or ``full``.
+
+    Raises:
+        FileNotFoundError: none of those folders holds an adapter or model weights.
+    """
+    from audsemthinker.train.common import find_resume_checkpoint
+
+    path = Path(path)
+    candidates = [path, path / "final"]
+    ckpt = find_resume_checkpoint(path)
+    if ckpt:
+        candidates.append(Path(ckpt))
+    for folder in candidates:
+        if (folder / "adapter_config.json").exists():
+            return folder, "adapter"
+        if (folder / "config.json").exists() and any((folder / f).exists()
+                                                     for f in WEIGHT_FILES):
+            return folder, "full"
+    raise FileNotFoundError(f"no adapter_config.json or model weights in {path}, {path}/final "
+                            "or its newest checkpoint")
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").exists()
+
+
+def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path) -> Path:
+    """Merge the adapter of a run into its base thinker and save a thinker-only folder.
+
+    Args:
+        adapter_or_run_dir: an adapter folder, a run folder (its ``final/`` is used) or a
+            full fine-tuning output (re-saved as is, thinker only).
+        base_cfg: the base model (``ModelConfig`` or the ``model`` config section) the adapter
+            was trained on. Its folder must exist: a missing tiny checkpoint is not re-created
+            here, so an adapter is never merged into a different random base.
+        out_dir: the folder to write.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError: nothing trained at ``adapter_or_run_dir``.
+    """
+    from audsemthinker.config import to_dataclass
+    from audsemthinker.model.loader import ModelConfig, load_thinker
+    from audsemthinker.model.processor import build_processor, save_processor
+
+    src, kind = find_trained(adapter_or_run_dir)
+    mcfg = base_cfg if isinstance(base_cfg, ModelConfig) else to_dataclass(base_cfg, ModelConfig)
+    mcfg = dataclasses.replace(mcfg, tiny=False)
+    if kind == "adapter":
+        from peft import PeftModel
+
+        recorded = json.loads((src / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
+        if recorded and Path(str(recorded)).name != Path(mcfg.name_or_path).name:
+            log.warning("adapter %s was trained on %s; merging into %s", src, recorded,
+                        mcfg.name_or_path)
+        model = PeftModel.from_pretrained(load_thinker(mcfg), str(src)).merge_and_unload()
+    else:
+        model = load_thinker(dataclasses.replace(mcfg, name_or_path=str(src)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    processor = build_processor(str(src) if _has_tokenizer(src) else mcfg.name_or_path)
+    save_processor(processor, out)
+    (out / "export_info.json").write_text(json.dumps(
+        {"source": str(src), "kind": kind, "base": mcfg.name_or_path, "dtype": mcfg.dtype},
+        indent=2))
+    log.info("exported %s (%s) merged into %s -> %s", src, kind, mcfg.name_or_path, out)
+    return out

@@ -1,0 +1,340 @@
+"""Supervised fine-tuning of the thinker on TRL's ``SFTTrainer`` with the audio collator.
+
+Stock ``SFTTrainer`` picks its vision-language collator only for ``image(s)`` columns; with audio
+messages it would use the text collator, drop the audio and train on the whole sequence
+(PITFALLS.md). So the trainer gets :class:`~audsemthinker.data.collate.AudioCollator`,
+``dataset_kwargs={"skip_prepare_dataset": True}`` and ``remove_unused_columns=False``. The
+datasets it sees hold only row indices; the collator looks rows up in a Python list, so rows never
+pass through an Arrow table (which rewrites message parts and turns waveforms into lists).
+
+Config (``configs/config.yaml``): ``model`` (loader), ``lora`` (preset; ``none`` = full
+fine-tuning), ``data`` (``out_dir`` holds ``train/valid/test.jsonl``), ``train.sft`` (exactly
+``trl.SFTConfig`` fields; ``output_dir`` is ``run_dir``), ``eval`` (decoding and batch size of
+the held-out accuracy), ``logging`` (wandb), ``resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from audsemthinker.train.common import (
+    MetricsLogger,
+    ProcessorSaver,
+    configure_wandb,
+    json_safe,
+    make_run_dir,
+    resolve_resume,
+    save_config,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+FORCED = {"remove_unused_columns": False}
+"""SFTConfig values the audio path needs; a config that sets them otherwise is an error."""
+DERIVED = ("output_dir", "report_to")
+"""SFTConfig fields that come from elsewhere (``run_dir``, ``logging.wandb``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+def check_sft_section(cfg: DictConfig) -> dict:
+    """Check ``cfg.train.sft`` (keys are ``trl.SFTConfig`` fields; none this trainer sets) and
+    return it as a plain dict. Entry points call it at start-up, before any data or model work.
+
+    Raises:
+        ConfigError: a key that is not an SFTConfig field, or one this trainer sets itself.
+    """
+    from trl import SFTConfig
+
+    from audsemthinker.config import ConfigError, check_fields
+
+    section = OmegaConf.to_container(cfg.train.sft, resolve=True) or {}
+    check_fields(section, SFTConfig, "train.sft")
+    for key in DERIVED:
+        if key in section:
+            raise ConfigError(f"train.sft.{key}: set by the trainer (output_dir = run_dir, "
+                              "report_to = logging.wandb); remove it from the config")
+    for key, value in FORCED.items():
+        if key in section and section[key] != value:
+            raise ConfigError(f"train.sft.{key}={section[key]!r}: must be {value!r}, or the "
+                              "audio columns are dropped before the collator sees them")
+    if (section.get("dataset_kwargs") or {}).get("skip_prepare_dataset") is False:
+        raise ConfigError("train.sft.dataset_kwargs.skip_prepare_dataset must stay true: TRL's "
+                          "preparation would tokenise the text without the audio")
+    return section
+
+
+def sft_args(cfg: DictConfig, run_dir: Path, report_to: list[str]):
+    """Build ``trl.SFTConfig`` from ``cfg.train.sft`` plus the values the audio path forces.
+
+    Gradient checkpointing follows ``model.gradient_checkpointing`` unless the section sets
+    ``activation_checkpointing`` (or its deprecated alias ``gradient_checkpointing``).
+
+    Raises:
+        ConfigError: see :func:`check_sft_section`.
+    """
+    from trl import SFTConfig
+
+    section = check_sft_section(cfg)
+    section["dataset_kwargs"] = {**(section.get("dataset_kwargs") or {}),
+                                 "skip_prepare_dataset": True}
+    if "activation_checkpointing" not in section and "gradient_checkpointing" not in section:
+        section["activation_checkpointing"] = bool(cfg.model.get("gradient_checkpointing", False))
+    return SFTConfig(**section, **FORCED, output_dir=str(run_dir), report_to=report_to)
+
+
+def split_file(cfg: DictConfig, split: str) -> Path:
+    """``<data.out_dir>/<split>.jsonl``."""
+    return Path(str(cfg.data.out_dir)) / f"{split}.jsonl"
+
+
+def load_split(cfg: DictConfig, split: str) -> list[dict]:
+    """Rows of one split (empty list when the split file does not exist)."""
+    from audsemthinker.data.examples import load_examples
+
+    path = split_file(cfg, split)
+    return load_examples(path) if path.exists() else []
+
+
+class RowLookup:
+    """Data collator over index datasets: ``[{"row": i}, ...]`` -> ``collator([rows[i], ...])``."""
+
+    def __init__(self, rows: Sequence[Mapping], collator):
+        self.rows, self.collator = rows, collator
+
+    def __call__(self, items):
+        return self.collator([self.rows[int(it["row"])] for it in items])
+
+
+def index_dataset(start: int, stop: int):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"row": list(range(start, stop))})
+
+
+def load_model(cfg: DictConfig):
+    """Thinker + processor + LoRA (or full fine-tuning) as the config says."""
+    from audsemthinker.config import to_dataclass
+    from audsemthinker.model.loader import ModelConfig, check_token_ids, load_thinker
+    from audsemthinker.model.lora import LoraSettings, apply_lora
+    from audsemthinker.model.processor import build_processor
+
+    mcfg = to_dataclass(cfg.model, ModelConfig)
+    model = load_thinker(mcfg)
+    processor = build_processor(mcfg.name_or_path)
+    check_token_ids(model, processor.tokenizer)
+    model = apply_lora(model, to_dataclass(cfg.lora, LoraSettings))
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
+    """Build the ``SFTTrainer`` for ``cfg`` (nothing is trained yet).
+
+    Args:
+        cfg: the composed root config (validated by the caller).
+        audio_override: ``"silence"`` trains on zeros instead of the clips (a control run).
+
+    Returns:
+        ``(trainer, info)``; ``info`` holds ``run_dir``, ``processor``, ``collator``,
+        ``rows`` (per split), ``trainable`` and ``total`` parameter counts.
+
+    Raises:
+        ConfigError: a bad ``train.sft`` section.
+        FileNotFoundError: no training rows at ``data.out_dir``.
+    """
+    from trl import SFTTrainer
+
+    from audsemthinker.data.collate import AudioCollator
+    from audsemthinker.model.lora import count_trainable
+
+    run_dir = make_run_dir(cfg)
+    report_to = configure_wandb(cfg.get("logging"), run_dir)
+    args = sft_args(cfg, run_dir, report_to)  # validate before the model is loaded
+    seed_everything(args.seed)
+    rows = {s: load_split(cfg, s) for s in ("train", "valid", "test")}
+    if not rows["train"]:
+        raise FileNotFoundError(f"no training rows at {split_file(cfg, 'train')}; build the "
+                                "dataset first (scripts/build_data.py)")
+    model, processor = load_model(cfg)
+    collator = AudioCollator(processor, pad_side="right", max_length=args.max_length,
+                             audio_override=audio_override)
+    use_eval = args.eval_strategy != "no" and bool(rows["valid"])
+    if args.eval_strategy != "no" and not use_eval:
+        log.warning("train.sft.eval_strategy=%s but %s is empty: no eval loss this run",
+                    args.eval_strategy, split_file(cfg, "valid"))
+        args.eval_strategy = "no"
+    n_train = len(rows["train"])
+    all_rows = rows["train"] + (rows["valid"] if use_eval else [])
+    trainer = SFTTrainer(
+        model=model, args=args, data_collator=RowLookup(all_rows, collator),
+        train_dataset=index_dataset(0, n_train),
+        eval_dataset=index_dataset(n_train, len(all_rows)) if use_eval else None,
+        # The tokenizer, not the processor: Trainer saves processing_class into every
+        # checkpoint and ProcessorMixin.save_pretrained refuses our video-less processor;
+        # ProcessorSaver writes the remaining processor files.
+        processing_class=processor.tokenizer,
+        callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)],
+    )
+    trainable, total = count_trainable(model)
+    info = dict(run_dir=run_dir, processor=processor, collator=collator, rows=rows,
+                trainable=trainable, total=total)
+    log.info("SFT: %d train rows, %d eval rows, %s/%s trainable parameters, run_dir=%s",
+             n_train, len(all_rows) - n_train, f"{trainable:,}", f"{total:,}", run_dir)
+    return trainer, info
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out accuracy
+# --------------------------------------------------------------------------------------------
+def generate_completions(model, processor, rows: Sequence[Mapping], decoding,
+                         batch_size: int = 8, audio_override: str | None = None,
+                         max_audio_seconds: float | None = None
+                         ) -> tuple[list[Mapping], list[str], dict]:
+    """Completions for ``rows`` through the prompt-only collator (left padding).
+
+    Args:
+        model: the thinker or a PeftModel around it.
+        processor: the processor from ``build_processor``.
+        rows: SFT rows (``messages``) or GRPO rows (``prompt``), with ``audio``.
+        decoding: ``eval.generate.Decoding`` or its config mapping (greedy by default);
+            placeholder tokens are suppressed as in every generate call here.
+        batch_size: rows per generate call.
+        audio_override: ``"silence"`` generates from zeros instead of the clips.
+        max_audio_seconds: clips are cut to this length.
+
+    Returns:
+        ``(rows_used, completions, skipped)``: rows whose audio loaded, one completion each,
+        and the skip counts by reason.
+    """
+    import torch
+
+    from audsemthinker.data.collate import AudioCollator
+    from audsemthinker.eval.generate import decoding_from, generation_kwargs
+
+    collator = AudioCollator(processor, prompt_only=True, audio_override=audio_override,
+                             max_audio_seconds=max_audio_seconds)
+    kwargs = generation_kwargs(decoding_from(decoding), processor.tokenizer)
+    device = next(model.parameters()).device
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    used, completions = [], []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        try:
+            batch = collator(chunk)
+        except ValueError as e:  # every row of the chunk skipped (counted in collator.stats)
+            log.warning("held-out batch at %d skipped: %s", start, e)
+            continue
+        batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+                 for k, v in batch.items()}
+        with torch.inference_mode():
+            out = model.generate(**batch, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        completions += [t.strip() for t in
+                        processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        used += [chunk[k] for k in collator.last_kept]
+    model.train(was_training)
+    skipped = {k: v for k, v in collator.stats.items() if k.startswith("skipped:")}
+    return used, completions, skipped
+
+
+def heldout_accuracy(model, processor, rows: Sequence[Mapping], cfg: DictConfig,
+                     audio_override: str | None = None) -> dict:
+    """Held-out option accuracy (percent) from generated text, with a few examples.
+
+    Answers are parsed with ``format.extract_answer`` and matched to the row's choices with
+    ``format.match_option`` (via ``eval.generate.accuracy_of``, the harness's own rule).
+
+    Args:
+        model, processor: as for :func:`generate_completions`.
+        rows: held-out rows with ``answer`` and ``choices``.
+        cfg: the root config; ``eval.decoding``, ``eval.batch_size`` and
+            ``eval.max_audio_seconds`` are read.
+        audio_override: ``"silence"`` for the silent-audio control.
+
+    Returns:
+        ``accuracy`` (None without rows), ``n`` rows scored, ``skipped`` by reason,
+        ``no_answer`` (completions without an ``<answer>`` block) and ``examples``.
+    """
+    from audsemthinker import format as fmt
+    from audsemthinker.eval.generate import accuracy_of
+
+    ev = cfg.get("eval") or {}
+    decoding = ev.get("decoding")
+    if isinstance(decoding, DictConfig):
+        decoding = OmegaConf.to_container(decoding, resolve=True)
+    used, completions, skipped = generate_completions(
+        model, processor, rows, decoding, batch_size=int(ev.get("batch_size") or 8),
+        audio_override=audio_override, max_audio_seconds=ev.get("max_audio_seconds"))
+    no_answer = sum(fmt.first_block(c, fmt.ANSWER) is None for c in completions)
+    if no_answer:
+        log.warning("%d of %d held-out completions have no <answer> block (is "
+                    "eval.decoding.max_new_tokens long enough for the targets?)", no_answer,
+                    len(completions))
+    return {
+        "accuracy": accuracy_of(used, completions) if used else None,
+        "n": len(used), "skipped": skipped, "no_answer": no_answer,
+        "examples": [{"id": r.get("id"), "answer": r.get("answer"), "completion": c}
+                     for r, c in list(zip(used, completions))[:5]],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------
+def run_sft(cfg: DictConfig, audio_override: str | None = None) -> dict:
+    """Train (resuming when ``cfg.resume`` says so), save, score the held-out split, report.
+
+    Writes ``run_dir/final`` (adapter or full model, plus processor files) and
+    ``run_dir/sft_report.json`` (atomically).
+
+    Args:
+        cfg: the composed, validated root config.
+        audio_override: ``"silence"`` for the silent-audio control run.
+
+    Returns:
+        The report dict (``heldout.accuracy`` in percent).
+    """
+    from audsemthinker.eval.report import write_json_atomic
+    from audsemthinker.model.processor import save_processor
+
+    trainer, info = build_sft_trainer(cfg, audio_override=audio_override)
+    run_dir = info["run_dir"]
+    save_config(cfg, run_dir)
+    ckpt = resolve_resume(cfg.get("resume", "auto"), run_dir)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    train_s = time.perf_counter() - t0
+    final = run_dir / "final"
+    trainer.save_model(str(final))
+    report = None
+    if trainer.is_world_process_zero():
+        save_processor(info["processor"], final)
+        split = "test" if info["rows"]["test"] else "valid"
+        held = heldout_accuracy(trainer.model, info["processor"], info["rows"][split], cfg,
+                                audio_override=audio_override)
+        report = json_safe({
+            "run_dir": str(run_dir), "final": str(final), "resumed_from": ckpt,
+            "global_step": result.global_step, "train_loss": result.training_loss,
+            "train_seconds": round(train_s, 2), "train_metrics": result.metrics,
+            "lora_preset": str(cfg.lora.preset), "trainable": info["trainable"],
+            "total": info["total"], "audio_override": audio_override,
+            "collator": dict(info["collator"].stats),
+            "heldout": {"split": split, **held},
+        })
+        write_json_atomic(run_dir / "sft_report.json", report)
+        log.info("SFT done: held-out %s accuracy %s%% on %d rows -> %s", split,
+                 held["accuracy"], held["n"], run_dir / "sft_report.json")
+    trainer.accelerator.wait_for_everyone()
+    return report or {}
