@@ -1,0 +1,319 @@
+"""GRPO of the thinker from a config: policy, reference, rewards, data, train, report.
+
+The trainer is :class:`~audsemthinker.train.grpo_audio.AudioGRPOTrainer` (each prompt's audio in
+generation and in every log-probability forward). This module only wires the config to it:
+
+- ``grpo_init`` (root key): the merged SFT export (thinker folder, ``scripts/export.py``) the
+  policy starts from; null means ``cfg.model``. LoRA (``lora.preset``) adds a fresh adapter on
+  it and the reference is that folder with the adapter disabled; ``lora=none`` trains every
+  weight and, with ``beta > 0``, loads the reference from the same folder through
+  ``load_thinker`` (full Omni or thinker-only layout).
+- ``train.grpo``: exactly ``trl.GRPOConfig`` fields; ``output_dir`` is ``run_dir``,
+  ``report_to`` follows ``logging.wandb``, ``reward_weights`` come from ``reward``.
+- ``reward.rewards``: the list ``audsemthinker.rewards.build_rewards`` reads; each reward is
+  logged under its own name (``rewards/<name>/mean``).
+- ``data.out_dir``: ``train.jsonl`` (GRPO rows with ``prompt``, or SFT rows whose assistant turn
+  is dropped) and ``test``/``valid`` for the held-out accuracy before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from audsemthinker.train.common import (
+    MetricsLogger,
+    ProcessorSaver,
+    configure_wandb,
+    json_safe,
+    make_run_dir,
+    read_metrics,
+    resolve_resume,
+    save_config,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+FORCED = {"remove_unused_columns": False}
+"""GRPOConfig values the reward columns need; a config that sets them otherwise is an error."""
+DERIVED = ("output_dir", "report_to", "reward_weights")
+"""GRPOConfig fields that come from elsewhere (``run_dir``, ``logging.wandb``, ``reward``)."""
+COLUMNS = ("id", "audio", "task", "variant", "question", "answer", "choices", "question_type",
+           "label", "source")
+"""Row columns handed to the rewards (besides ``prompt``) when the rows have them."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+def check_grpo_section(cfg: DictConfig) -> dict:
+    """Check ``cfg.train.grpo`` and return it as a plain dict (entry points call it first).
+
+    Raises:
+        ConfigError: a key that is not a GRPOConfig field, one this trainer sets itself, or a
+            missing ``loss_type`` (TRL's default "dapo" is not the paper's "grpo": say which).
+    """
+    from trl import GRPOConfig
+
+    from audsemthinker.config import ConfigError, check_fields
+
+    section = OmegaConf.to_container(cfg.train.grpo, resolve=True) or {}
+    check_fields(section, GRPOConfig, "train.grpo")
+    for key in DERIVED:
+        if key in section:
+            raise ConfigError(f"train.grpo.{key}: set by the trainer (output_dir = run_dir, "
+                              "report_to = logging.wandb, reward_weights = reward); remove it")
+    for key, value in FORCED.items():
+        if key in section and section[key] != value:
+            raise ConfigError(f"train.grpo.{key}={section[key]!r}: must be {value!r}, or the "
+                              "answer/choices columns never reach the rewards")
+    if "loss_type" not in section:
+        raise ConfigError("train.grpo.loss_type: set it explicitly (the paper: grpo; TRL's "
+                          "default is dapo)")
+    return section
+
+
+def grpo_args(cfg: DictConfig, run_dir: Path, report_to: list[str], weights: list[float]):
+    """``trl.GRPOConfig`` from ``cfg.train.grpo`` plus run folder, wandb and reward weights.
+
+    Gradient checkpointing follows ``model.gradient_checkpointing`` unless the section sets
+    ``activation_checkpointing`` (or its deprecated alias ``gradient_checkpointing``).
+    """
+    from trl import GRPOConfig
+
+    section = check_grpo_section(cfg)
+    if "activation_checkpointing" not in section and "gradient_checkpointing" not in section:
+        section["activation_checkpointing"] = bool(cfg.model.get("gradient_checkpointing", False))
+    return GRPOConfig(**section, **FORCED, output_dir=str(run_dir), report_to=report_to,
+                      reward_weights=list(weights))
+
+
+def init_model_config(cfg: DictConfig):
+    """The ``ModelConfig`` the policy starts from: ``grpo_init`` if set, else ``cfg.model``."""
+    from audsemthinker.config import to_dataclass
+    from audsemthinker.model.loader import ModelConfig
+
+    mcfg = to_dataclass(cfg.model, ModelConfig)
+    init = cfg.get("grpo_init")
+    if init:
+        if not (Path(str(init)) / "config.json").exists():
+            raise FileNotFoundError(f"grpo_init={init}: no config.json there; point it at a "
+                                    "merged SFT export (scripts/export.py)")
+        mcfg = dataclasses.replace(mcfg, name_or_path=str(init), tiny=False)
+    return mcfg
+
+
+def load_policy(cfg: DictConfig, beta: float):
+    """Policy (LoRA or full), reference (full fine-tuning with beta > 0 only) and processor.
+
+    Returns:
+        ``(model, ref_model_or_None, processor, model_config)``.
+    """
+    from audsemthinker.config import to_dataclass
+    from audsemthinker.model.loader import check_token_ids, load_thinker
+    from audsemthinker.model.lora import LoraSettings, apply_lora
+    from audsemthinker.model.processor import build_processor
+
+    mcfg = init_model_config(cfg)
+    model = load_thinker(mcfg)
+    tok_dir = mcfg.name_or_path
+    if cfg.get("grpo_init") and not (Path(tok_dir) / "tokenizer_config.json").exists():
+        log.warning("%s has no tokenizer files; using %s's", tok_dir, cfg.model.name_or_path)
+        tok_dir = str(cfg.model.name_or_path)
+    processor = build_processor(tok_dir)
+    check_token_ids(model, processor.tokenizer)
+    lora = to_dataclass(cfg.lora, LoraSettings)
+    ref = load_thinker(mcfg) if lora.preset == "none" and beta != 0.0 else None
+    return apply_lora(model, lora), ref, processor, mcfg
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def grpo_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """Rows as GRPO needs them: ``prompt`` (system + user, audio part) plus the reward columns.
+
+    SFT rows work too: their trailing assistant turn is dropped. ``choices`` stays None on
+    rows that are not multiple choice.
+
+    Raises:
+        ValueError: a row with neither ``prompt`` nor ``messages``, or without an answer.
+    """
+    from audsemthinker.data.collate import clean_messages, prompt_of
+
+    keep = [c for c in COLUMNS if any(c in r for r in rows)]
+    out = []
+    for r in rows:
+        if r.get("answer") is None:
+            raise ValueError(f"row {r.get('id')!r} has no 'answer': the rewards need one")
+        out.append({**{c: r.get(c) for c in keep}, "prompt": clean_messages(prompt_of(r))})
+    return out
+
+
+def to_dataset(rows: Sequence[Mapping]):
+    from datasets import Dataset
+
+    return Dataset.from_list(list(rows))
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+def build_grpo_trainer(cfg: DictConfig):
+    """Build the :class:`AudioGRPOTrainer` for ``cfg`` (nothing is trained yet).
+
+    Returns:
+        ``(trainer, info)``; ``info`` holds ``run_dir``, ``processor``, ``rows`` (per split),
+        ``model_config`` (where the policy started), ``reward_names``.
+
+    Raises:
+        ConfigError: a bad ``train.grpo`` section. ValueError: a bad reward list.
+        FileNotFoundError: no training rows, or a ``grpo_init`` folder without a model.
+    """
+    from audsemthinker.rewards import build_rewards
+    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.sft import load_split, split_file
+
+    run_dir = make_run_dir(cfg)
+    report_to = configure_wandb(cfg.get("logging"), run_dir)
+    funcs, weights = build_rewards(OmegaConf.to_container(cfg.reward, resolve=True)["rewards"])
+    args = grpo_args(cfg, run_dir, report_to, weights)  # validated before the model loads
+    seed_everything(args.seed)
+    rows = {s: load_split(cfg, s) for s in ("train", "valid", "test")}
+    if not rows["train"]:
+        raise FileNotFoundError(f"no training rows at {split_file(cfg, 'train')}; build the "
+                                "dataset first (scripts/build_data.py data.kwargs.kind=grpo)")
+    model, ref, processor, mcfg = load_policy(cfg, args.beta)
+    trainer = AudioGRPOTrainer(
+        model=model, reward_funcs=funcs, args=args, ref_model=ref,
+        train_dataset=to_dataset(grpo_rows(rows["train"])), processing_class=processor,
+        callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)],
+        max_audio_seconds=OmegaConf.select(cfg, "data.audio.max_seconds", default=None))
+    info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
+                reward_names=[f.__name__ for f in funcs])
+    log.info("GRPO: %d train rows from %s, rewards %s (weights %s), lora=%s, beta=%s, run_dir=%s",
+             len(rows["train"]), mcfg.name_or_path, info["reward_names"], weights,
+             cfg.lora.preset, args.beta, run_dir)
+    return trainer, info
+
+
+# --------------------------------------------------------------------------------------------
+# Reward curves
+# --------------------------------------------------------------------------------------------
+def reward_keys(records: Sequence[Mapping]) -> list[str]:
+    """``reward`` (the weighted total) then every ``rewards/<name>/mean`` in the log."""
+    keys = sorted({k for r in records for k in r if k.startswith("rewards/") and
+                   k.endswith("/mean")})
+    return (["reward"] if any("reward" in r for r in records) else []) + keys
+
+
+def reward_summary(metrics_path: str | Path) -> dict:
+    """Per reward: points logged, first/last value, and the mean of the first and last quarter."""
+    records = read_metrics(metrics_path)
+    out = {}
+    for key in reward_keys(records):
+        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if not pts:
+            continue
+        vals = [v for _, v in pts]
+        q = max(1, len(vals) // 4)
+        name = "total" if key == "reward" else key.split("/")[1]
+        out[name] = {"points": len(vals), "first": vals[0], "last": vals[-1],
+                     "first_quarter_mean": sum(vals[:q]) / q,
+                     "last_quarter_mean": sum(vals[-q:]) / q, "steps": [s for s, _ in pts],
+                     "values": vals}
+    return out
+
+
+def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> Path | None:
+    """One panel per reward (total first) against the step; None when nothing was logged."""
+    records = read_metrics(metrics_path)
+    keys = [k for k in reward_keys(records) if any(r.get(k) is not None for r in records)]
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        ax.plot(*zip(*pts), marker=".")
+        ax.set_title("total reward" if key == "reward" else key.split("/")[1])
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------
+def run_grpo(cfg: DictConfig) -> dict:
+    """Train (resuming when ``cfg.resume`` says so), save, score held-out rows, report.
+
+    Writes ``run_dir/final`` (adapter or model + processor files), ``run_dir/merged`` (a
+    standalone thinker folder: the adapter merged into ``grpo_init``), ``metrics.jsonl``,
+    ``rewards.png`` (one panel per reward) and ``grpo_report.json`` (atomically).
+
+    Returns:
+        The report dict: ``heldout`` (split, accuracy before/after in percent), ``rewards``
+        (curve summaries per reward), ``global_step``, ``merged``.
+    """
+    from audsemthinker.eval.report import write_json_atomic
+    from audsemthinker.model.processor import save_processor
+    from audsemthinker.train.export import export_merged
+    from audsemthinker.train.sft import heldout_accuracy
+
+    trainer, info = build_grpo_trainer(cfg)
+    run_dir, processor = info["run_dir"], info["processor"]
+    save_config(cfg, run_dir)
+    split = "test" if info["rows"]["test"] else "valid"
+    held_rows = info["rows"][split]
+    ckpt = resolve_resume(cfg.get("resume", "auto"), run_dir)
+    before = None
+    if trainer.is_world_process_zero() and held_rows:
+        # A fresh LoRA adapter starts as a no-op, so this is the init model's accuracy.
+        before = heldout_accuracy(trainer.model, processor, held_rows, cfg)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    train_s = time.perf_counter() - t0
+    final = run_dir / "final"
+    trainer.save_model(str(final))
+    report = None
+    if trainer.is_world_process_zero():
+        save_processor(processor, final)
+        merged = export_merged(final, info["model_config"], run_dir / "merged")
+        after = heldout_accuracy(trainer.model, processor, held_rows, cfg) if held_rows else None
+        png = plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png")
+        report = json_safe({
+            "run_dir": str(run_dir), "final": str(final), "merged": str(merged),
+            "init": info["model_config"].name_or_path, "resumed_from": ckpt,
+            "global_step": result.global_step, "train_loss": result.training_loss,
+            "train_seconds": round(train_s, 2), "train_metrics": result.metrics,
+            "lora_preset": str(cfg.lora.preset), "loss_type": trainer.args.loss_type,
+            "beta": trainer.beta, "num_generations": trainer.num_generations,
+            "reward_names": info["reward_names"],
+            "reward_weights": trainer.reward_weights.tolist(),
+            "rewards": reward_summary(run_dir / "metrics.jsonl"),
+            "rewards_plot": str(png) if png else None,
+            "heldout": {"split": split, "n": len(held_rows),
+                        "before": before, "after": after,
+                        "accuracy_before": (before or {}).get("accuracy"),
+                        "accuracy_after": (after or {}).get("accuracy")},
+        })
+        write_json_atomic(run_dir / "grpo_report.json", report)
+        log.info("GRPO done: held-out %s accuracy %s%% -> %s%%; report %s", split,
+                 report["heldout"]["accuracy_before"], report["heldout"]["accuracy_after"],
+                 run_dir / "grpo_report.json")
+    trainer.accelerator.wait_for_everyone()
+    return report or {}

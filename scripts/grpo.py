@@ -1,0 +1,73 @@
+"""GRPO of the Qwen2.5-Omni thinker with verifiable rewards (accuracy, format, length).
+
+    python scripts/grpo.py grpo_init=<merged SFT export>    # tiny model, synthetic task, CPU
+    accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/grpo.py \
+        model=qwen2_5_omni_7b lora=released train/grpo=paper reward=paper \
+        data=audsem_semantic data.kwargs.kind=grpo grpo_init=<merged SFT export>
+    python scripts/grpo.py ... reward=budget100              # an ablation's reward set
+    python scripts/grpo.py hydra.run.dir=outputs/run/<time>  # resume=auto: continue that run
+
+Writes under the run folder: checkpoint-N/, final/ (adapter or model + processor files),
+merged/ (standalone thinker folder for scripts/eval.py), metrics.jsonl, loss.png, rewards.png
+(one panel per reward), config.yaml and grpo_report.json (reward curves, held-out accuracy
+before and after).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from audsemthinker.config import validate
+
+log = logging.getLogger(__name__)
+
+
+def agree_on_run_dir(cfg: DictConfig) -> None:
+    """Fix ``cfg.run_dir`` to rank 0's value (each process composes its own timestamp)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    run_dir = [str(cfg.run_dir)]
+    if PartialState().num_processes > 1:
+        broadcast_object_list(run_dir, from_process=0)
+    cfg.run_dir = run_dir[0]
+
+
+def ensure_data(cfg: DictConfig) -> None:
+    """Build the configured dataset when its training split is missing (rank 0 builds)."""
+    from accelerate import PartialState
+
+    from audsemthinker.data.registry import build_from_config
+    from audsemthinker.train.sft import split_file
+
+    with PartialState().main_process_first():
+        if not split_file(cfg, "train").exists():
+            log.info("no %s: building data '%s'", split_file(cfg, "train"), cfg.data.builder)
+            build_from_config(cfg.data)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    # -- compose + validate ------------------------------------------------------------------
+    from audsemthinker.train.grpo import check_grpo_section, run_grpo
+
+    validate(cfg)
+    check_grpo_section(cfg)
+    agree_on_run_dir(cfg)
+    # -- data --------------------------------------------------------------------------------
+    ensure_data(cfg)
+    # -- train, save, held-out accuracy, reward curves ----------------------------------------
+    report = run_grpo(cfg)
+    if report:
+        held = report["heldout"]
+        log.info("held-out %s accuracy: %s%% -> %s%% (%d rows); rewards %s; report %s",
+                 held["split"], held["accuracy_before"], held["accuracy_after"], held["n"],
+                 {k: round(v["last"], 3) for k, v in report["rewards"].items()},
+                 f"{report['run_dir']}/grpo_report.json")
+
+
+if __name__ == "__main__":
+    main()
