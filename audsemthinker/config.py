@@ -83,7 +83,11 @@ def _validate_data(section: DictConfig) -> None:
     try:
         check_kwargs(builder, kwargs)
     except TypeError as e:
-        bad = next((k for k in kwargs if f"{k!r}" in str(e)), "?")
+        import inspect
+
+        params = inspect.signature(builder).parameters
+        bad = next((k for k in kwargs if k not in params),
+                   next((k for k in kwargs if f"{k!r}" in str(e)), "?"))
         raise ConfigError(f"data.kwargs.{bad}: {e}") from None
 
 

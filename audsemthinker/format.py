@@ -293,7 +293,7 @@ def muchomusic_prompt(question: str, options: list[str]) -> str:
 # --------------------------------------------------------------------------------------------
 def render_target(think: str, answer: str, semantic_elements: str | None = None,
                   variant: str = "semantic") -> str:
-    """The assistant target: ``<think>..</think>\\n<semantic_elements>..</..>\\n<answer>..</answer>``."""
+    """The assistant target: think, semantic elements (semantic variant), answer; one per line."""
     check_variant(variant)
     parts = [f"<think>{think}</think>"]
     if variant == "semantic":

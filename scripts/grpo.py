@@ -21,32 +21,9 @@ import hydra
 from omegaconf import DictConfig
 
 from audsemthinker.config import validate
+from audsemthinker.train.launch import agree_on_run_dir, ensure_data
 
 log = logging.getLogger(__name__)
-
-
-def agree_on_run_dir(cfg: DictConfig) -> None:
-    """Fix ``cfg.run_dir`` to rank 0's value (each process composes its own timestamp)."""
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
-    run_dir = [str(cfg.run_dir)]
-    if PartialState().num_processes > 1:
-        broadcast_object_list(run_dir, from_process=0)
-    cfg.run_dir = run_dir[0]
-
-
-def ensure_data(cfg: DictConfig) -> None:
-    """Build the configured dataset when its training split is missing (rank 0 builds)."""
-    from accelerate import PartialState
-
-    from audsemthinker.data.registry import build_from_config
-    from audsemthinker.train.sft import split_file
-
-    with PartialState().main_process_first():
-        if not split_file(cfg, "train").exists():
-            log.info("no %s: building data '%s'", split_file(cfg, "train"), cfg.data.builder)
-            build_from_config(cfg.data)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")

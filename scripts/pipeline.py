@@ -1,8 +1,8 @@
 """The main job end to end: build data -> SFT -> export -> GRPO -> evaluate -> report.
 
-    python scripts/pipeline.py                       # tiny model + synthetic task, CPU (make pipeline)
+    python scripts/pipeline.py                       # tiny model + synthetic task (make pipeline)
     python scripts/pipeline.py stages=[data,sft]     # a prefix of the stages
-    python scripts/pipeline.py hydra.run.dir=outputs/pipeline/<time>   # resume an interrupted run
+    python scripts/pipeline.py hydra.run.dir=outputs/run/<time>   # resume an interrupted run
 
 Every stage writes into its own sub-folder of the run folder (data builds go to
 ``paths.data_dir``) and is skipped when its output is already complete, so re-running the same

@@ -150,7 +150,8 @@ def test_full_finetuning_trains_lm_and_audio_not_vision(tiny_model):
 def test_bad_preset_and_unmatched_custom_list_name_the_modules(tiny_model):
     with pytest.raises(ValueError, match="unknown lora preset 'qv'"):
         resolve_targets(tiny_model, "qv")
-    with pytest.raises(ValueError, match=r"matches no Linear module; available: .*audio_tower\.proj"):
+    with pytest.raises(ValueError,
+                       match=r"matches no Linear module; available: .*audio_tower\.proj"):
         resolve_targets(tiny_model, "custom", [r"cross_attn\.q$"])
 
 

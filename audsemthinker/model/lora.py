@@ -56,8 +56,8 @@ def _linear_names(model: nn.Module) -> list[str]:
 
 
 def _attn(names, part, projs):
-    return [n for n in names if _part(n) == part and re.search(r"\.(%s)$" % "|".join(projs), n)
-            and "attn" in n]
+    pattern = re.compile(r"\.({})$".format("|".join(projs)))
+    return [n for n in names if _part(n) == part and "attn" in n and pattern.search(n)]
 
 
 PRESETS = {
@@ -146,7 +146,7 @@ def lora_module_names(model: nn.Module) -> list[str]:
     """Base-module names that carry a LoRA adapter (for tests and reports)."""
     out = []
     for name, m in model.named_modules():
-        if hasattr(m, "lora_A") and isinstance(getattr(m, "lora_A"), nn.ModuleDict) and m.lora_A:
+        if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict) and m.lora_A:
             out.append(re.sub(r"^base_model\.model\.", "", name))
     return out
 

@@ -59,7 +59,7 @@ def whisper_feature_extractor() -> WhisperFeatureExtractor:
 
 
 def _image_processor():
-    """The pillow image processor (no torchvision); images are never used but the class needs one."""
+    """The pillow image processor (no torchvision): never used, but the processor needs one."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )

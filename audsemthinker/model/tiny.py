@@ -128,10 +128,9 @@ def write_tiny_checkpoint(path: str | Path, layout: str = "full", seed: int = 0,
     import torch
     from safetensors.torch import save_file
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     from audsemthinker.model.processor import build_processor, save_processor
-
-    from transformers.utils import logging as hf_logging
 
     if layout not in ("full", "thinker"):
         raise ValueError(f"layout must be 'full' or 'thinker', got {layout!r}")
