@@ -114,10 +114,13 @@ def write_report(run_dir: Path, parts: dict) -> Path:
                   f"(train loss {s.get('train_loss'):.4f}); loss curve `sft/loss.png`.", ""]
     if "grpo" in parts:
         g = parts["grpo"]
-        lines += ["## GRPO", "```", json.dumps({k: v for k, v in g.items()
-                                                 if k in ("heldout", "rewards", "global_step")},
-                                                indent=1, default=str)[:3000], "```",
-                  "Reward curves: `grpo/rewards.png`.", ""]
+        held = g.get("heldout", {})
+        rows = [[name, f"{r['first_quarter_mean']:.3f}", f"{r['last_quarter_mean']:.3f}"]
+                for name, r in (g.get("rewards") or {}).items()]
+        lines += ["## GRPO", f"{g.get('global_step')} steps. Held-out {held.get('split')} "
+                  f"accuracy {held.get('accuracy_before')}% -> **{held.get('accuracy_after')}%**.",
+                  "", markdown_table(["reward", "first-quarter mean", "last-quarter mean"], rows),
+                  "", "![reward curves](grpo/rewards.png)", ""]
     if "eval" in parts:
         rows = []
         for model_name, res in parts["eval"].items():

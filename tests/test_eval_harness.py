@@ -495,7 +495,7 @@ def test_bad_eval_config_names_the_key(tmp_path, key, value, where):
 
 
 @pytest.mark.parametrize("name, beams, tokens, prompt, benches", [
-    ("tiny", 1, 32, "audsem", ["synthetic_test"]),
+    ("tiny", 1, 48, "audsem", ["synthetic_test"]),
     ("paper", 5, 400, "audsem", ["mmau_test_mini", "mmau_test", "muchomusic"]),
     ("mmau_test_mini", 5, 400, "audsem", ["mmau_test_mini"]),
     ("mmau_test", 5, 400, "audsem", ["mmau_test"]),

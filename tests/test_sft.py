@@ -28,7 +28,13 @@ CONFIGS = ROOT / "configs"
 
 
 def compose_sft(out_dir, model_dir, data_dir, overrides=()):
-    """The shipped root config with the tiny model, a given data folder and run folder."""
+    """The shipped root config with the tiny model, a given data folder and run folder.
+
+    LoRA (``lora=tiny``) unless the overrides pick another ``lora`` (the root default is full
+    fine-tuning, which the tiny pipeline needs to learn).
+    """
+    if not any(str(o).startswith("lora=") for o in overrides):
+        overrides = ["lora=tiny", *overrides]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose(config_name="config", overrides=[
             f"paths.output_dir={out_dir}", f"paths.root_dir={out_dir}",

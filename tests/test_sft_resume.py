@@ -27,7 +27,8 @@ def _launch(run_dir: Path, model_dir, data_dir, log: Path, *extra,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [*launcher, str(ROOT / "scripts" / "sft.py"), f"hydra.run.dir={run_dir}",
            f"model.name_or_path={model_dir}", "model.tiny=false", f"data.out_dir={data_dir}",
-           "logging.wandb=off", f"train.sft.max_steps={STEPS}", f"train.sft.save_steps={SAVE}",
+           "lora=tiny", "logging.wandb=off", f"train.sft.max_steps={STEPS}",
+           f"train.sft.save_steps={SAVE}",
            "train.sft.logging_steps=1", "train.sft.per_device_train_batch_size=4",
            "eval.decoding.max_new_tokens=4", "eval.batch_size=2", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"),
