@@ -91,6 +91,33 @@ def _validate_data(section: DictConfig) -> None:
         raise ConfigError(f"data.kwargs.{bad}: {e}") from None
 
 
+def check_trainer_section(section: dict, schema: type, where: str, derived: dict[str, str],
+                          forced: dict[str, Any], forced_why: str) -> dict:
+    """Check a trainer group (``train.sft`` / ``train.grpo``) against its TRL config class.
+
+    Args:
+        section: the group as a plain dict.
+        schema: ``trl.SFTConfig`` or ``trl.GRPOConfig``.
+        where: dotted name for messages.
+        derived: fields the trainer sets itself -> where their value comes from.
+        forced: fields the audio path needs at a fixed value.
+        forced_why: what goes wrong otherwise (for the message).
+
+    Raises:
+        ConfigError: an unknown field, a derived field set in the config, or a forced field
+            set to another value.
+    """
+    check_fields(section, schema, where)
+    for key, source in derived.items():
+        if key in section:
+            raise ConfigError(f"{where}.{key}: set by the trainer from {source}; remove it")
+    for key, value in forced.items():
+        if key in section and section[key] != value:
+            raise ConfigError(f"{where}.{key}={section[key]!r}: must be {value!r}, or "
+                              f"{forced_why}")
+    return section
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check every section that has a schema; return ``cfg`` unchanged when it is valid.
 

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 FORCED = {"remove_unused_columns": False}
 """GRPOConfig values the reward columns need; a config that sets them otherwise is an error."""
-DERIVED = ("output_dir", "report_to", "reward_weights")
-"""GRPOConfig fields that come from elsewhere (``run_dir``, ``logging.wandb``, ``reward``)."""
+DERIVED = {"output_dir": "run_dir", "report_to": "logging.wandb", "reward_weights": "reward"}
+"""GRPOConfig fields that come from elsewhere, and where from."""
 COLUMNS = ("id", "audio", "task", "variant", "question", "answer", "choices", "question_type",
            "label", "source")
 """Row columns handed to the rewards (besides ``prompt``) when the rows have them."""
@@ -61,18 +61,11 @@ def check_grpo_section(cfg: DictConfig) -> dict:
     """
     from trl import GRPOConfig
 
-    from audsemthinker.config import ConfigError, check_fields
+    from audsemthinker.config import ConfigError, check_trainer_section
 
     section = OmegaConf.to_container(cfg.train.grpo, resolve=True) or {}
-    check_fields(section, GRPOConfig, "train.grpo")
-    for key in DERIVED:
-        if key in section:
-            raise ConfigError(f"train.grpo.{key}: set by the trainer (output_dir = run_dir, "
-                              "report_to = logging.wandb, reward_weights = reward); remove it")
-    for key, value in FORCED.items():
-        if key in section and section[key] != value:
-            raise ConfigError(f"train.grpo.{key}={section[key]!r}: must be {value!r}, or the "
-                              "answer/choices columns never reach the rewards")
+    check_trainer_section(section, GRPOConfig, "train.grpo", DERIVED, FORCED,
+                          "the answer/choices columns never reach the rewards")
     if "loss_type" not in section:
         raise ConfigError("train.grpo.loss_type: set it explicitly (the paper: grpo; TRL's "
                           "default is dapo)")

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 FORCED = {"remove_unused_columns": False}
 """SFTConfig values the audio path needs; a config that sets them otherwise is an error."""
-DERIVED = ("output_dir", "report_to")
-"""SFTConfig fields that come from elsewhere (``run_dir``, ``logging.wandb``)."""
+DERIVED = {"output_dir": "run_dir", "report_to": "logging.wandb"}
+"""SFTConfig fields that come from elsewhere, and where from."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,18 +53,11 @@ def check_sft_section(cfg: DictConfig) -> dict:
     """
     from trl import SFTConfig
 
-    from audsemthinker.config import ConfigError, check_fields
+    from audsemthinker.config import ConfigError, check_trainer_section
 
     section = OmegaConf.to_container(cfg.train.sft, resolve=True) or {}
-    check_fields(section, SFTConfig, "train.sft")
-    for key in DERIVED:
-        if key in section:
-            raise ConfigError(f"train.sft.{key}: set by the trainer (output_dir = run_dir, "
-                              "report_to = logging.wandb); remove it from the config")
-    for key, value in FORCED.items():
-        if key in section and section[key] != value:
-            raise ConfigError(f"train.sft.{key}={section[key]!r}: must be {value!r}, or the "
-                              "audio columns are dropped before the collator sees them")
+    check_trainer_section(section, SFTConfig, "train.sft", DERIVED, FORCED,
+                          "the audio columns are dropped before the collator sees them")
     if (section.get("dataset_kwargs") or {}).get("skip_prepare_dataset") is False:
         raise ConfigError("train.sft.dataset_kwargs.skip_prepare_dataset must stay true: TRL's "
                           "preparation would tokenise the text without the audio")
