@@ -15,7 +15,9 @@ the held-out accuracy), ``logging`` (wandb), ``resume``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +36,11 @@ from audsemthinker.train.common import (
 )
 
 log = logging.getLogger(__name__)
+
+TRACE_ENV = "AUDSEM_LOG_BATCH_IDS"
+"""Debug hook for multi-process checks: when set to a path, each rank appends the row indices
+it collates to ``<path>.rank<N>`` and, at train end, a hash of its trainable weights to
+``<path>.rank<N>.weights``."""
 
 FORCED = {"remove_unused_columns": False}
 """SFTConfig values the audio path needs; a config that sets them otherwise is an error."""
@@ -103,7 +110,34 @@ class RowLookup:
         self.rows, self.collator = rows, collator
 
     def __call__(self, items):
-        return self.collator([self.rows[int(it["row"])] for it in items])
+        ids = [int(it["row"]) for it in items]
+        if os.environ.get(TRACE_ENV):
+            with Path(f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}").open("a") as f:
+                f.write(" ".join(map(str, ids)) + "\n")
+        return self.collator([self.rows[i] for i in ids])
+
+
+def trainable_digest(model) -> str:
+    """sha256 over the trainable parameters (name, then bytes), in name order: equal on every
+    rank of a data-parallel run after each optimizer step."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _trace_callback():
+    """A callback writing :func:`trainable_digest` at train end (see ``TRACE_ENV``)."""
+    from transformers import TrainerCallback
+
+    class WeightTrace(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            path = f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}.weights"
+            Path(path).write_text(trainable_digest(model) + "\n")
+
+    return WeightTrace()
 
 
 def index_dataset(start: int, stop: int):
@@ -176,7 +210,8 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         # checkpoint and ProcessorMixin.save_pretrained refuses our video-less processor;
         # ProcessorSaver writes the remaining processor files.
         processing_class=processor.tokenizer,
-        callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)],
+        callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)]
+        + ([_trace_callback()] if os.environ.get(TRACE_ENV) else []),
     )
     trainable, total = count_trainable(model)
     info = dict(run_dir=run_dir, processor=processor, collator=collator, rows=rows,
