@@ -185,7 +185,6 @@ def generate_rows(model, collator, rows: Sequence[Mapping], decoding: Decoding) 
         ValueError: the collator did not keep every row (a completion would be filed under the
             wrong id), or the tokenizer pads on the right.
     """
-    import torch
 
     if not rows:
         return []
@@ -196,14 +195,25 @@ def generate_rows(model, collator, rows: Sequence[Mapping], decoding: Decoding) 
     if (batch["attention_mask"][:, -1] == 0).any():
         raise ValueError("batched generation needs left padding; right padding makes the model "
                          "continue after pad tokens")
+    return generate_batch(model, tok, batch, decoding)
+
+
+def generate_batch(model, tokenizer, batch: Mapping, decoding: Decoding) -> list[str]:
+    """Generate from one collated prompt batch; the new tokens decoded, one string per row.
+
+    The one place a batch meets ``model.generate`` (placeholders suppressed via
+    :func:`generation_kwargs`), shared by the harness and the SFT/GRPO held-out accuracy.
+    """
+    import torch
+
     device = next(model.parameters()).device
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
              for k, v in batch.items()}
     with torch.inference_mode():
-        out = model.generate(**batch, **generation_kwargs(decoding, tok))
+        out = model.generate(**batch, **generation_kwargs(decoding, tokenizer))
     new = out[:, batch["input_ids"].shape[1]:]
-    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
 def generate_answers(model, processor, rows: Sequence[Mapping], decoding: Decoding | Mapping,

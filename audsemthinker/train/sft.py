@@ -244,16 +244,12 @@ def generate_completions(model, processor, rows: Sequence[Mapping], decoding,
         ``(rows_used, completions, skipped)``: rows whose audio loaded, one completion each,
         and the skip counts by reason.
     """
-    import torch
-
     from audsemthinker.data.collate import AudioCollator
-    from audsemthinker.eval.generate import decoding_from, generation_kwargs
+    from audsemthinker.eval.generate import decoding_from, generate_batch
 
     collator = AudioCollator(processor, prompt_only=True, audio_override=audio_override,
                              max_audio_seconds=max_audio_seconds)
-    kwargs = generation_kwargs(decoding_from(decoding), processor.tokenizer)
-    device = next(model.parameters()).device
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    decoding = decoding_from(decoding)
     used, completions = [], []
     was_training = model.training
     model.eval()
@@ -264,13 +260,7 @@ def generate_completions(model, processor, rows: Sequence[Mapping], decoding,
         except ValueError as e:  # every row of the chunk skipped (counted in collator.stats)
             log.warning("held-out batch at %d skipped: %s", start, e)
             continue
-        batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
-                 for k, v in batch.items()}
-        with torch.inference_mode():
-            out = model.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]
-        completions += [t.strip() for t in
-                        processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        completions += generate_batch(model, processor.tokenizer, batch, decoding)
         used += [chunk[k] for k in collator.last_kept]
     model.train(was_training)
     skipped = {k: v for k, v in collator.stats.items() if k.startswith("skipped:")}
