@@ -141,6 +141,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         from audsemthinker.eval.settings import eval_settings
 
         eval_settings(cfg.eval)  # raises ConfigError naming the key
+    if cfg.get("fast") is not None:
+        from audsemthinker.train.fast import fast_settings
+
+        fast_settings(cfg)
     return cfg
 
 

@@ -1,0 +1,73 @@
+"""The ``fast`` config group: switches for the fast training paths (issue 8).
+
+Each switch is on by default where the fast path is exact (same losses, gradients or greedy
+outputs as the stock path, up to float rounding; each has an equivalence test), so a run is fast
+without asking and ``fast=stock`` gives the plain TRL + PEFT path for comparison and debugging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+
+@dataclass
+class SFTFast:
+    """SFT switches (``fast.sft``)."""
+
+    chunked_ce: bool = True
+    """Loss from the final hidden states, in chunks of label tokens: the [tokens, 152k] float
+    logits of the whole batch are never materialised, and prompt/audio positions cost nothing."""
+    ce_chunk_tokens: int = 2048
+    """Label tokens per cross-entropy chunk (peak extra memory ~ chunk x vocab x 4 bytes)."""
+    length_grouped: bool = True
+    """Batch rows of similar length together, so less of each batch is padding."""
+
+
+@dataclass
+class GRPOFast:
+    """GRPO switches (``fast.grpo``)."""
+
+    merged_rollouts: bool = True
+    """Generate with the LoRA merged into the base weights (no adapter math per decode step);
+    the base weights are restored bit-exactly from a snapshot afterwards."""
+    audio_dedup: bool = True
+    """Encode each distinct clip once per forward: the G samples of a prompt share it."""
+    audio_cache: bool = True
+    """With a frozen audio encoder (no trainable parameter in it), reuse a clip's encoding
+    across the step's passes (generation, old policy, reference, policy)."""
+
+
+@dataclass
+class FastSettings:
+    """The whole ``fast`` group."""
+
+    sft: SFTFast = field(default_factory=SFTFast)
+    grpo: GRPOFast = field(default_factory=GRPOFast)
+
+
+def fast_settings(cfg: DictConfig | None) -> FastSettings:
+    """``cfg.fast`` as :class:`FastSettings`; the defaults when the config has no ``fast``.
+
+    Raises:
+        ConfigError: an unknown key (by its full name) or a bad value.
+    """
+    from omegaconf import OmegaConf
+
+    from audsemthinker.config import ConfigError, check_fields
+
+    section = None if cfg is None else cfg.get("fast")
+    if section is None:
+        return FastSettings()
+    data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) \
+        else dict(section)
+    check_fields(data, FastSettings, "fast")
+    parts = {"sft": SFTFast, "grpo": GRPOFast}
+    out = {}
+    for key, schema in parts.items():
+        check_fields(data.get(key) or {}, schema, f"fast.{key}")
+        out[key] = schema(**(data.get(key) or {}))
+    if out["sft"].ce_chunk_tokens < 1:
+        raise ConfigError(f"fast.sft.ce_chunk_tokens={out['sft'].ce_chunk_tokens}: must be >= 1")
+    return FastSettings(**out)
