@@ -52,8 +52,9 @@ eval: $(STAMP)  ## evaluate a model on the configured benchmarks
 reproduce: $(STAMP)  ## paper tables from result files
 	$(BIN)/python scripts/reproduce.py $(ARGS)
 
-bench: $(STAMP)  ## CPU-size benchmarks (data pipeline, SFT, rollout) against the stock path
+bench: $(STAMP)  ## benchmarks against the stock path: data pipeline; SFT, rollout, GRPO step (7B shape on CUDA, CPU size otherwise)
 	$(BIN)/python bench/data_pipeline.py
+	$(BIN)/python bench/train_speed.py
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf outputs multirun .cache

@@ -270,3 +270,7 @@ def test_init_rejects_unsafe_setups(tmp_path, tiny_full_dir, tiny_processor):
         AudioGRPOTrainer(model=apply_lora(model, _lora()), reward_funcs=[_reward],
                          args=_args(tmp_path), train_dataset=ds, processing_class=tiny_processor,
                          ref_model=model)
+    with pytest.raises(ValueError, match="use_vllm.*without hearing the audio"):
+        AudioGRPOTrainer(model=model, reward_funcs=[_reward],
+                         args=_args(tmp_path, beta=0.0, use_vllm=True), train_dataset=ds,
+                         processing_class=tiny_processor)

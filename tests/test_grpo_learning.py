@@ -59,24 +59,32 @@ def _rewrite(raw: Path, sft_dir: Path, grpo_dir: Path) -> None:
         write_examples(grpo_dir / f"{split}.jsonl", grpo)
 
 
-def _heldout_mean_reward(model_dir: str, cfg: dict, rows: list) -> float:
-    """Mean total reward of SAMPLES sampled completions per held-out row (seeded)."""
+def sampled_completions(model_dir: str, cfg: dict, rows: list, samples: int
+                        ) -> tuple[list[dict], list[str]]:
+    """``samples`` completions per row, sampled (seeded) with the GRPO decoding of ``cfg``;
+    returns the repeated rows and their completions, in the same order."""
     import torch
 
     from audsemthinker.eval.generate import generate_answers
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.model.processor import build_processor
-    from audsemthinker.rewards import build_rewards
 
-    funcs, weights = build_rewards(cfg["reward"]["rewards"])
     model = load_thinker(ModelConfig(name_or_path=model_dir, dtype="float32"))
     grpo = cfg["train"]["grpo"]
     decoding = dict(max_new_tokens=grpo["max_completion_length"], do_sample=True,
                     temperature=grpo["temperature"], top_k=grpo["top_k"], top_p=grpo["top_p"])
     torch.manual_seed(1234)
-    many = [r for r in rows for _ in range(SAMPLES)]
-    completions = generate_answers(model, build_processor(model_dir), many, decoding,
-                                   batch_size=64)
+    many = [r for r in rows for _ in range(samples)]
+    return many, generate_answers(model, build_processor(model_dir), many, decoding,
+                                  batch_size=64)
+
+
+def _heldout_mean_reward(model_dir: str, cfg: dict, rows: list) -> float:
+    """Mean total reward of SAMPLES sampled completions per held-out row (seeded)."""
+    from audsemthinker.rewards import build_rewards
+
+    funcs, weights = build_rewards(cfg["reward"]["rewards"])
+    many, completions = sampled_completions(model_dir, cfg, rows, SAMPLES)
     columns = {k: [r.get(k) for r in many] for k in ("answer", "choices", "task", "id")}
     total = [0.0] * len(many)
     for f, w in zip(funcs, weights):

@@ -17,7 +17,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
+"""``auto``: flash_attention_2 when ``flash_attn`` imports and the model goes to CUDA, else sdpa."""
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "auto": "auto"}
 
@@ -28,7 +29,7 @@ class ModelConfig:
 
     name_or_path: str = "Qwen/Qwen2.5-Omni-7B"
     dtype: str = "bfloat16"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"
     trust_remote_code: bool = False
     revision: str | None = None
     tiny: bool = False  # build the tiny random checkpoint at name_or_path if it is missing
@@ -40,6 +41,52 @@ def resolve_dtype(name: str) -> torch.dtype | str:
     if name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def flash_attn_available() -> bool:
+    """True when the ``flash_attn`` package imports (a broken build counts as absent)."""
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:  # an ImportError, or a build against another torch/CUDA raising anything
+        return False
+    return True
+
+
+def resolve_attn_implementation(name: str, device: str | torch.device | None = None,
+                                dtype: str = "bfloat16", cuda: bool | None = None,
+                                flash: bool | None = None) -> str:
+    """The attention implementation to load with; ``auto`` picks one.
+
+    ``auto`` is ``flash_attention_2`` when the ``flash_attn`` package imports, the model will
+    run on CUDA (``device``, or any visible GPU when no device is given: the Trainer moves the
+    model there) and in 16-bit (flash-attention has no float32 kernels), else ``sdpa`` (correct
+    everywhere, and fast on CUDA).
+
+    Args:
+        name: ``model.attn_implementation``.
+        device: where the model goes, if the caller knows.
+        dtype: ``model.dtype`` (a :data:`DTYPES` name).
+        cuda: override the CUDA check (tests); None: ask torch.
+        flash: override the ``flash_attn`` check (tests); None: try the import.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, "
+                         f"got {name!r}")
+    if name != "auto":
+        return name
+    if cuda is None:
+        cuda = (torch.device(device).type == "cuda" if device is not None
+                else torch.cuda.is_available())
+    half = dtype in ("bfloat16", "float16")
+    if flash is None:
+        flash = cuda and half and flash_attn_available()
+    chosen = "flash_attention_2" if (cuda and half and flash) else "sdpa"
+    log.info("model.attn_implementation=auto -> %s (CUDA: %s, %s, flash_attn: %s)", chosen,
+             cuda, dtype, flash)
+    return chosen
 
 
 def ensure_checkpoint(cfg: ModelConfig) -> str:
@@ -76,12 +123,10 @@ def load_thinker(cfg: ModelConfig, device: str | torch.device | None = None):
     """
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-    if cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"model.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, "
-                         f"got {cfg.attn_implementation!r}")
+    attn = resolve_attn_implementation(cfg.attn_implementation, device, cfg.dtype)
     path = ensure_checkpoint(cfg)
     model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-        path, dtype=resolve_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
+        path, dtype=resolve_dtype(cfg.dtype), attn_implementation=attn,
         trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
         output_loading_info=True,
     )
@@ -93,8 +138,7 @@ def load_thinker(cfg: ModelConfig, device: str | torch.device | None = None):
     if device is not None:
         model.to(device)
     n = sum(p.numel() for p in model.parameters())
-    log.info("loaded thinker from %s (%.2fM parameters, %s, %s)", path, n / 1e6, cfg.dtype,
-             cfg.attn_implementation)
+    log.info("loaded thinker from %s (%.2fM parameters, %s, %s)", path, n / 1e6, cfg.dtype, attn)
     return model.eval()
 
 

@@ -1,8 +1,10 @@
 """The ``fast`` config group: switches for the fast training paths (issue 8).
 
-Each switch is on by default where the fast path is exact (same losses, gradients or greedy
-outputs as the stock path, up to float rounding; each has an equivalence test), so a run is fast
-without asking and ``fast=stock`` gives the plain TRL + PEFT path for comparison and debugging.
+The GRPO switches are exact (same rewards, losses, gradients and greedy outputs as the stock path,
+up to float rounding; each has an equivalence test) and on by default. The SFT ones are off by
+default: ``chunked_ce`` equals TRL 1.16's loss but TRL already avoids full logits with its own
+fused LM head (Triton on GPU), and ``length_grouped`` changes which rows share a batch.
+``fast=stock`` turns everything off: the plain TRL + PEFT path, for comparison and debugging.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from omegaconf import DictConfig
 class SFTFast:
     """SFT switches (``fast.sft``)."""
 
-    chunked_ce: bool = True
+    chunked_ce: bool = False
     """Loss from the final hidden states, in chunks of label tokens: the [tokens, 152k] float
     logits of the whole batch are never materialised, and prompt/audio positions cost nothing."""
     ce_chunk_tokens: int = 2048
     """Label tokens per cross-entropy chunk (peak extra memory ~ chunk x vocab x 4 bytes)."""
-    length_grouped: bool = True
+    length_grouped: bool = False
     """Batch rows of similar length together, so less of each batch is padding."""
 
 

@@ -19,7 +19,10 @@ generation and in every log-probability forward). This module only wires the con
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -155,6 +158,31 @@ def to_dataset(rows: Sequence[Mapping]):
     return Dataset.from_list(list(rows))
 
 
+def traced_reward(fn):
+    """``fn`` that also appends what it scored to ``<TRACE_ENV>.rank<N>.rewards`` (JSON lines).
+
+    The multi-process debug hook (``audsemthinker.train.sft.TRACE_ENV``): a reward function
+    runs on the rank that generated the completions, before TRL gathers the rewards, so one
+    line per call (``step`` = global step when scored, ``reward`` name, row ``ids`` and
+    ``values`` per completion) shows which prompts each rank generated for and what they scored.
+    """
+    from audsemthinker.train.sft import TRACE_ENV
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = fn(*args, **kwargs)
+        state = kwargs.get("trainer_state")
+        record = {"step": getattr(state, "global_step", None), "reward": fn.__name__,
+                  "ids": list(kwargs.get("id") or []),
+                  "values": [None if v is None else float(v) for v in values]}
+        path = Path(f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}.rewards")
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        return values
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
@@ -170,12 +198,16 @@ def build_grpo_trainer(cfg: DictConfig):
         FileNotFoundError: no training rows, or a ``grpo_init`` folder without a model.
     """
     from audsemthinker.rewards import build_rewards
+    from audsemthinker.train.fast import fast_settings
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
-    from audsemthinker.train.sft import load_split, split_file
+    from audsemthinker.train.sft import TRACE_ENV, load_split, split_file, trace_callback
 
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
     funcs, weights = build_rewards(OmegaConf.to_container(cfg.reward, resolve=True)["rewards"])
+    trace = bool(os.environ.get(TRACE_ENV))  # multi-process debug hook (tests)
+    if trace:
+        funcs = [traced_reward(f) for f in funcs]
     args = grpo_args(cfg, run_dir, report_to, weights)  # validated before the model loads
     seed_everything(args.seed)
     rows = {s: load_split(cfg, s) for s in ("train", "valid", "test")}
@@ -186,8 +218,10 @@ def build_grpo_trainer(cfg: DictConfig):
     trainer = AudioGRPOTrainer(
         model=model, reward_funcs=funcs, args=args, ref_model=ref,
         train_dataset=to_dataset(grpo_rows(rows["train"])), processing_class=processor,
-        callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)],
-        max_audio_seconds=OmegaConf.select(cfg, "data.audio.max_seconds", default=None))
+        callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)]
+        + ([trace_callback()] if trace else []),
+        max_audio_seconds=OmegaConf.select(cfg, "data.audio.max_seconds", default=None),
+        fast=fast_settings(cfg).grpo)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs])
     log.info("GRPO: %d train rows from %s, rewards %s (weights %s), lora=%s, beta=%s, run_dir=%s",

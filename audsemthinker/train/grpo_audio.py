@@ -13,6 +13,7 @@ count its features produce, so a misaligned row fails loudly instead of training
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,17 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS, audio_tokens_for_frames
+from audsemthinker.train.fast import GRPOFast
+from audsemthinker.train.rollout import (
+    AudioEncodingCache,
+    LoraSnapshot,
+    install_audio_dedup,
+    lora_layers,
+    merged_lora,
+    same_tower,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,15 +111,25 @@ class AudioGRPOTrainer(GRPOTrainer):
       for a model that is already a ``PeftModel``, copy the adapter into a "ref" adapter. Here the
       reference is the base with the adapter disabled (LoRA) or the ``ref_model`` we are given
       (full fine-tuning), prepared as TRL prepares its own.
+    Not a method: with ``fast.grpo.audio_dedup`` / ``audio_cache`` the inner thinker's
+    ``get_audio_features`` is replaced on the instance (``rollout.AudioDedup``), so every pass
+    encodes each distinct clip once and, with a frozen tower, once per generation batch.
+
     - ``_tokenize_prompts`` (private): renders each prompt, loads its audio with
       ``audsemthinker.audio.load_audio``, and runs the processor once, so the prompt ids carry
       exactly as many <|AUDIO|> tokens as the features produce; the features go to ``generate``.
     - ``_generate_and_score_completions`` (private): wraps TRL's; the features of its batch are
       active for the old-policy and reference forwards inside it and are added to the returned
-      batch dict, where TRL's shuffles and splits keep them on their row.
+      batch dict, where TRL's shuffles and splits keep them on their row. It also empties the
+      audio cache: a new generation batch starts.
     - ``_compute_loss`` (private): makes the batch's features active for the policy forward.
     - ``_get_per_token_logps_and_entropies`` (private): while features are active, runs TRL's
       own method chunk by chunk through a wrapper that adds that chunk's rows of features.
+    - ``_generate_single_turn`` (private): with ``fast.grpo.merged_rollouts``, runs TRL's own
+      generation with the LoRA merged into the base weights (``rollout.merged_lora``; the base
+      is restored bit-exactly from a snapshot taken at the first rollout). It is the narrowest
+      method around ``generate`` only: the log-prob passes and the reward calls stay outside.
+      Off under ZeRO-3 and FSDP (sharded weights) and for full fine-tuning.
     - ``_save`` (private, ``transformers.Trainer``): ``ProcessorMixin.save_pretrained`` refuses
       our video-less processor, so the Trainer saves the tokenizer and we write the other
       processor files (``save_processor``) beside it.
@@ -115,7 +137,7 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def __init__(self, model, reward_funcs, args, train_dataset=None, eval_dataset=None,
                  processing_class=None, ref_model=None, max_audio_seconds: float | None = None,
-                 **kwargs):
+                 fast: GRPOFast | None = None, **kwargs):
         """Build the trainer.
 
         Args:
@@ -129,11 +151,12 @@ class AudioGRPOTrainer(GRPOTrainer):
             ref_model: the reference for full fine-tuning with beta > 0 (load it with
                 ``load_thinker`` from the policy's folder); must be None with LoRA.
             max_audio_seconds: clip audio longer than this when loading (None: keep all).
+            fast: the ``fast.grpo`` switches (``audsemthinker.train.fast``); None: all on.
             **kwargs: passed to ``trl.GRPOTrainer`` (callbacks, optimizers, ...).
 
         Raises:
             ValueError: no audio processor, a ``ref_model`` for a PEFT model, none for full
-                fine-tuning with beta > 0, or ``sync_ref_model``.
+                fine-tuning with beta > 0, ``sync_ref_model``, or ``use_vllm`` (drops the audio).
         """
         if processing_class is None or not hasattr(processing_class, "feature_extractor"):
             raise ValueError("AudioGRPOTrainer needs the audio processor "
@@ -148,6 +171,10 @@ class AudioGRPOTrainer(GRPOTrainer):
                              "the policy's starting folder)")
         if args.sync_ref_model:
             raise ValueError("sync_ref_model is not supported by AudioGRPOTrainer")
+        if getattr(args, "use_vllm", False):
+            raise ValueError("use_vllm: TRL hands vLLM the prompt text and images only, so the "
+                             "policy would be sampled without hearing the audio (the public "
+                             "release's bug); generate with transformers instead")
         tok = processing_class.tokenizer
         if tok.padding_side != "left":
             raise ValueError("batched generation needs LEFT padding (processor padding_side)")
@@ -168,6 +195,49 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.beta = beta
         if beta != 0.0 and ref_model is not None:
             self.ref_model = self._prepare_ref_model(ref_model)
+        self._setup_fast(fast if fast is not None else GRPOFast())
+
+    # ---------------------------------------------------------------------------------------
+    # Fast paths (issue 8): merged-LoRA rollouts, one audio encoding per clip
+    # ---------------------------------------------------------------------------------------
+    def _setup_fast(self, fast: GRPOFast) -> None:
+        """Install the ``fast.grpo`` paths that apply here; log why any is off.
+
+        ``audio_cache`` works inside the dedup wrapper, so it installs that wrapper too.
+        """
+        self.fast = fast
+        self._lora_snapshot: LoraSnapshot | None = None
+        self.merge_off_reason = None
+        if fast.merged_rollouts:
+            if self._dist.is_zero3 or self.is_fsdp_enabled:
+                self.merge_off_reason = "ZeRO-3/FSDP shard the weights"
+            elif not lora_layers(self.model):
+                self.merge_off_reason = "no LoRA adapter (full fine-tuning)"
+            if self.merge_off_reason:
+                log.info("fast.grpo.merged_rollouts off: %s", self.merge_off_reason)
+        self.audio_cache = AudioEncodingCache() if fast.audio_cache else None
+        self.audio_dedup = None
+        if fast.audio_dedup or fast.audio_cache:
+            self.audio_dedup = install_audio_dedup(self.model, self.audio_cache)
+            if self.ref_model is not None:  # full FT: the separately loaded reference
+                ref = self.accelerator.unwrap_model(self.ref_model)
+                # One cache serves both only when the towers are bit-identical (checked once;
+                # under ZeRO-3 the shards cannot be compared here, so the reference gets none).
+                shared = self.audio_cache if self.audio_cache is not None and \
+                    not self._dist.is_zero3 and same_tower(self.model, ref) else None
+                install_audio_dedup(ref, shared)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
+                              has_tool_images=False):
+        if not self.fast.merged_rollouts or self.merge_off_reason:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                 num_generations, has_tool_images)
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        if self._lora_snapshot is None:  # first rollout: after any checkpoint was loaded
+            self._lora_snapshot = LoraSnapshot(model)
+        with merged_lora(model, self._lora_snapshot):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                 num_generations, has_tool_images)
 
     def _prepare_ref_model(self, ref):
         """What TRL's constructor does to the reference it loads itself (trl 1.16.0)."""
@@ -242,6 +312,8 @@ class AudioGRPOTrainer(GRPOTrainer):
                     raise ValueError(f"row {x.get('id')!r}: audio column {x['audio']!r} differs "
                                      f"from the prompt's audio part {in_prompt[0]!r}")
         self._active_audio = None
+        if self.audio_cache is not None:
+            self.audio_cache.clear()
         try:
             out = super()._generate_and_score_completions(inputs)
             audio = self._active_audio

@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 TRACE_ENV = "AUDSEM_LOG_BATCH_IDS"
 """Debug hook for multi-process checks: when set to a path, each rank appends the row indices
-it collates to ``<path>.rank<N>`` and, at train end, a hash of its trainable weights to
-``<path>.rank<N>.weights``."""
+it collates to ``<path>.rank<N>`` and a hash of its trainable weights to
+``<path>.rank<N>.weights_begin`` at train start (after a resumed checkpoint is loaded) and to
+``<path>.rank<N>.weights`` at train end; GRPO also appends each reward call to
+``<path>.rank<N>.rewards`` (``audsemthinker.train.grpo.traced_reward``)."""
 
 FORCED = {"remove_unused_columns": False}
 """SFTConfig values the audio path needs; a config that sets them otherwise is an error."""
@@ -128,14 +130,21 @@ def trainable_digest(model) -> str:
     return h.hexdigest()
 
 
-def _trace_callback():
-    """A callback writing :func:`trainable_digest` at train end (see ``TRACE_ENV``)."""
+def trace_callback():
+    """A callback writing :func:`trainable_digest` at train start and end (see ``TRACE_ENV``)."""
     from transformers import TrainerCallback
 
     class WeightTrace(TrainerCallback):
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            path = f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}.weights"
+        @staticmethod
+        def _write(suffix: str, model) -> None:
+            path = f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}.{suffix}"
             Path(path).write_text(trainable_digest(model) + "\n")
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._write("weights_begin", model)  # Trainer loads a resumed checkpoint before this
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._write("weights", model)
 
     return WeightTrace()
 
@@ -179,11 +188,12 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         ConfigError: a bad ``train.sft`` section.
         FileNotFoundError: no training rows at ``data.out_dir``.
     """
-    from trl import SFTTrainer
-
     from audsemthinker.data.collate import AudioCollator
     from audsemthinker.model.lora import count_trainable
+    from audsemthinker.train.fast import fast_settings
+    from audsemthinker.train.sft_fast import fast_trainer_kwargs, sft_trainer_class
 
+    fast = fast_settings(cfg).sft  # validated before any work
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
     args = sft_args(cfg, run_dir, report_to)  # validate before the model is loaded
@@ -202,7 +212,8 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         args.eval_strategy = "no"
     n_train = len(rows["train"])
     all_rows = rows["train"] + (rows["valid"] if use_eval else [])
-    trainer = SFTTrainer(
+    trainer_class = sft_trainer_class(fast)
+    trainer = trainer_class(
         model=model, args=args, data_collator=RowLookup(all_rows, collator),
         train_dataset=index_dataset(0, n_train),
         eval_dataset=index_dataset(n_train, len(all_rows)) if use_eval else None,
@@ -211,13 +222,15 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         # ProcessorSaver writes the remaining processor files.
         processing_class=processor.tokenizer,
         callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)]
-        + ([_trace_callback()] if os.environ.get(TRACE_ENV) else []),
+        + ([trace_callback()] if os.environ.get(TRACE_ENV) else []),
+        **fast_trainer_kwargs(fast, rows["train"], processor.tokenizer),
     )
     trainable, total = count_trainable(model)
     info = dict(run_dir=run_dir, processor=processor, collator=collator, rows=rows,
                 trainable=trainable, total=total)
     log.info("SFT: %d train rows, %d eval rows, %s/%s trainable parameters, run_dir=%s",
              n_train, len(all_rows) - n_train, f"{trainable:,}", f"{total:,}", run_dir)
+    log.info("SFT fast paths: %s (%s)", fast, trainer_class.__name__)
     return trainer, info
 
 

@@ -1,0 +1,424 @@
+"""Training speed, stock path against ours in the same run: SFT, rollouts, one GRPO step.
+
+    python bench/train_speed.py                 # CPU size: a narrow thinker, real vocabulary
+    python bench/train_speed.py --size 7b       # the Qwen2.5-Omni-7B thinker shape, on a GPU
+    OUT=/some/dir python bench/train_speed.py   # also writes train_speed.json there
+
+It needs torch, transformers and peft only (no trl, hydra, omegaconf or librosa), so it runs as
+it is on a bare GPU machine from the repository root (``PYTHONPATH=.``). Weights are random:
+speed does not depend on them. The workload is PERF_BASELINE.md's: each sample is 64 text
+tokens, a 10 s clip (250 audio tokens between audio bos/eos) and 192 more text tokens; LoRA r=8 on
+the language model's q/k/v/o plus ``audio_tower.proj`` (the ``lm_attn+audio_proj`` preset).
+
+Rows, each as stock | ours | ratio:
+
+- SFT: one LoRA fwd+bwd step of 8 (CPU: 2) such samples; tokens/s, TFLOP/s counted as 4N per
+  token (N = language-model parameters; frozen base, no recomputation), peak memory. Stock is
+  PEFT's forward with ``labels`` (full logits, float upcast); ours is the ``fast.sft`` loss.
+- Rollout: P prompts x G samples x T new tokens, sampled; new tokens/s and ms per decode step.
+  Stock is ``generate`` on the PEFT-wrapped model (what TRL does); ours merges the LoRA for the
+  rollout and encodes each clip once (``fast.grpo``).
+- GRPO step (paper settings: beta > 0, num_iterations 1, so TRL runs the reference pass but no
+  old-policy pass): generate / reward / reference log-probs / policy fwd+bwd, each timed. The
+  phases are the calls TRL's GRPOTrainer makes, run on the bare model so that no trl is needed:
+  PEFT ``generate``; decode + the paper's rewards; a no-grad forward with the adapter disabled
+  and ``logits_to_keep``; the policy forward with grad and the GRPO loss (ratio 1, group
+  advantages). Ours runs the same phases with the fast paths on.
+
+With ``--size 7b`` on one H200 the stock rows reproduce PERF_BASELINE.md (compare them first:
+a mismatch means the card or the versions differ, not that we are faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+AUDIO, AUDIO_BOS, AUDIO_EOS = 151646, 151647, 151648  # the hub's ids
+LORA_TARGETS = (r"^(?!.*(audio_tower|visual)).*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|"
+                r"o_proj)$|.*audio_tower\.proj$")
+
+SIZES = {
+    # The real thinker (8.93B parameters with the vision tower the checkpoint carries).
+    "7b": dict(text={}, audio={}, vision=dict(depth=32, hidden_size=1280, intermediate_size=3420,
+                                              num_heads=16, out_hidden_size=3584,
+                                              fullatt_block_indexes=[7, 15, 23, 31]),
+               sft_batch=8, rollout=(8, 8, 128), seconds=10.0),
+    # Narrow and shallow, with the real 152k vocabulary (the logits are what chunked CE saves).
+    "cpu": dict(text=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2),
+                audio=dict(d_model=128, encoder_layers=2, encoder_attention_heads=2,
+                           encoder_ffn_dim=256, output_dim=256),
+                vision=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                            out_hidden_size=256, fullatt_block_indexes=[0]),
+                sft_batch=2, rollout=(2, 4, 16), seconds=10.0),
+    # Seconds, for the test that keeps this script working (tests/test_bench.py).
+    "smoke": dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2),
+                  audio=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2,
+                             encoder_ffn_dim=64, output_dim=64),
+                  vision=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                              out_hidden_size=64, fullatt_block_indexes=[0]),
+                  sft_batch=2, rollout=(2, 2, 4), seconds=1.0),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Model and inputs
+# --------------------------------------------------------------------------------------------
+def build_model(size: str, device: str, dtype: torch.dtype, attn: str):
+    """A random thinker of ``size`` with LoRA (``lm_attn+audio_proj``), and N (LM params)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+
+    s = SIZES[size]
+    cfg = Qwen2_5OmniThinkerConfig(vision_config=s["vision"])
+    for k, v in s["text"].items():
+        setattr(cfg.text_config, k, v)
+    for k, v in s["audio"].items():
+        setattr(cfg.audio_config, k, v)
+    if size != "7b":  # mrope sections must sum to head_dim / 2
+        half = cfg.text_config.hidden_size // cfg.text_config.num_attention_heads // 2
+        t = half // 4
+        rope = dict(cfg.text_config.rope_parameters or {})
+        rope["mrope_section"] = [t, (half - t) // 2, half - t - (half - t) // 2]
+        cfg.text_config.rope_parameters = rope
+    cfg.vision_start_token_id, cfg.vision_end_token_id = 151652, 151653
+    cfg.text_config.use_cache = True
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(
+            cfg, dtype=dtype, attn_implementation=attn)
+    n_lm = sum(p.numel() for name, p in model.named_parameters()
+               if "audio_tower" not in name and "visual" not in name)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    return get_peft_model(model, lora), n_lm
+
+
+def make_batch(rows: int, seconds: float, before: int, after: int, device: str,
+               dtype: torch.dtype, seed: int = 0, vocab: int = 151000) -> dict:
+    """``rows`` samples: ``before`` text ids, one clip's placeholders, ``after`` text ids."""
+    g = torch.Generator().manual_seed(seed)
+    frames = int(seconds * 100)
+    n_audio = ((frames - 1) // 2 + 1 - 2) // 2 + 1
+    ids = torch.randint(0, vocab, (rows, before + n_audio + 2 + after), generator=g)
+    ids[:, before] = AUDIO_BOS
+    ids[:, before + 1: before + 1 + n_audio] = AUDIO
+    ids[:, before + 1 + n_audio] = AUDIO_EOS
+    feats = torch.randn(rows, 128, frames, generator=g)
+    return dict(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                input_features=feats.to(device, dtype),
+                feature_attention_mask=torch.ones(rows, frames, dtype=torch.long).to(device))
+
+
+def repeat_rows(batch: dict, times: int) -> dict:
+    """Each row ``times`` times in a row (a prompt's G samples), as TRL lays groups out."""
+    return {k: v.repeat_interleave(times, dim=0) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, warm: int = 1, reps: int = 3) -> tuple[float, object]:
+    """Median seconds of ``reps`` calls after ``warm`` untimed ones, and the last result."""
+    out = None
+    for _ in range(warm):
+        out = fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2], out
+
+
+@contextlib.contextmanager
+def peak_memory(device: str, into: dict):
+    """Peak allocated GiB inside the block (CUDA only; ``None`` elsewhere)."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    yield
+    into["peak_gib"] = (torch.cuda.max_memory_allocated() / 2**30
+                        if device.startswith("cuda") else None)
+
+
+# --------------------------------------------------------------------------------------------
+# SFT
+# --------------------------------------------------------------------------------------------
+def sft_labels(batch: dict, before: int) -> torch.Tensor:
+    """Loss on the text after the clip only, as the SFT collator masks the prompt."""
+    labels = batch["input_ids"].clone()
+    n_prompt = before + 2 + int((labels[0] == AUDIO).sum())
+    labels[:, :n_prompt] = -100
+    return labels
+
+
+def trl_fused_loss(model, batch: dict, labels: torch.Tensor) -> torch.Tensor:
+    """TRL's own fused LM head (``trl.kernels``), what trl 1.16's SFTTrainer runs by default:
+    hidden states of labelled positions through the head in tiles. None when trl is absent."""
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.kernels.chunked_logprob import _use_triton
+
+    from audsemthinker.train.lm_loss import capture_final_hidden, lm_head_of, shifted_targets
+
+    with capture_final_hidden(model) as store:
+        model(**{**batch, "use_cache": False})
+    hidden, targets = shifted_targets(store["hidden"], labels)
+    mask = targets != -100
+    head = lm_head_of(model)
+    compact = _use_triton(hidden.device)
+    logp = ChunkedLogProbFunction.apply(
+        hidden[mask] if compact else hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias,
+        targets[mask] if compact else targets.clamp(min=0).reshape(-1), 1.0, 4096, None, 1.0,
+        ("log_probs",))[0]
+    if not compact:
+        logp = logp.view(mask.shape)[mask]
+    return -logp.sum() / mask.sum()
+
+
+def bench_sft(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[dict]:
+    """One LoRA fwd+bwd step: stock (full logits), TRL's fused head, ours (chunked CE)."""
+    from audsemthinker.train.lm_loss import chunked_lm_loss, stock_lm_loss
+
+    s = SIZES[size]
+    batch = make_batch(s["sft_batch"], s["seconds"], 64, 192, device, dtype)
+    labels = sft_labels(batch, 64)
+    tokens = batch["input_ids"].numel()
+    pm.train()
+    paths = {"stock: PEFT forward with labels (full logits)":
+             lambda: stock_lm_loss(pm, batch, labels),
+             "ours: chunked CE (fast.sft.chunked_ce)":
+             lambda: chunked_lm_loss(pm, batch, labels, chunk_tokens=2048)}
+    try:
+        import trl.kernels  # noqa: F401
+        paths["TRL 1.16 fused LM head (trl.kernels)"] = lambda: trl_fused_loss(pm, batch, labels)
+    except ImportError:
+        print("trl not importable: the fused-LM-head row is left out", flush=True)
+    rows, losses = [], {}
+    for name, loss_fn in paths.items():
+        def step(loss_fn=loss_fn):
+            loss = loss_fn()
+            loss.backward()
+            pm.zero_grad(set_to_none=True)
+            return loss.detach().item()
+        mem: dict = {}
+        with peak_memory(device, mem):
+            t, loss = timed(step, device, warm=1, reps=reps)
+        losses[name] = loss
+        rows.append(dict(phase="SFT step", path=name, seconds=t, tok_per_s=tokens / t,
+                         tflops=4 * n_lm * tokens / t / 1e12, peak_gib=mem["peak_gib"],
+                         loss=loss))
+    print(f"SFT losses (must agree): {losses}", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Rollouts and the GRPO step
+# --------------------------------------------------------------------------------------------
+def generate(pm, prompt: dict, group: int, new: int) -> torch.Tensor:
+    """Sampled completions, ``group`` per prompt, exactly ``new`` tokens each."""
+    with torch.no_grad():
+        out = pm.generate(**prompt, do_sample=True, max_new_tokens=new, min_new_tokens=new,
+                          num_return_sequences=group, temperature=0.9, top_k=50, top_p=1.0,
+                          pad_token_id=0)
+    return out[:, prompt["input_ids"].size(1):]
+
+
+def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool) -> torch.Tensor:
+    """Per-token log-probs of the last ``new`` tokens, in micro-batches (as TRL scores them)."""
+    out = []
+    for i in range(0, seqs["input_ids"].size(0), micro):
+        part = {k: v[i:i + micro] for k, v in seqs.items()}
+        with torch.set_grad_enabled(grad):
+            logits = pm(**part, use_cache=False, logits_to_keep=new + 1).logits[:, :-1].float()
+            ids = part["input_ids"][:, -new:]
+            out.append(torch.gather(logits.log_softmax(-1), 2, ids[..., None])[..., 0])
+    return torch.cat(out)
+
+
+def rewards_of(completions: torch.Tensor, tokenizer, reward_funcs) -> list[float]:
+    """Decode (ids folded into the small tokenizer's range) and score with the paper's rewards."""
+    texts = tokenizer.batch_decode(completions.remainder(len(tokenizer)).tolist(),
+                                   skip_special_tokens=True)
+    cols = dict(answer=["A. low"] * len(texts), choices=[["low", "high"]] * len(texts),
+                task=["pitch"] * len(texts))
+    per = [f(texts, **cols) for f in reward_funcs]
+    return [sum(v) for v in zip(*per)]
+
+
+@contextlib.contextmanager
+def fast_paths(pm, on: bool, snapshot):
+    """Ours: LoRA merged for generation only, each distinct clip encoded once (``fast.grpo``)."""
+    from audsemthinker.train.rollout import AudioEncodingCache, audio_dedup
+
+    if not on:
+        yield None
+        return
+    cache = AudioEncodingCache()
+    with audio_dedup(pm, cache) as dedup:
+        yield dict(snapshot=snapshot, cache=cache, dedup=dedup)
+
+
+def grpo_arm(pm, on: bool, prompt: dict, shape: tuple, snapshot, tokenizer, funcs,
+             device: str, reps: int, micro: int) -> list[dict]:
+    """One arm (stock or ours): the rollout timed alone, then a GRPO step phase by phase."""
+    from audsemthinker.train.rollout import merged_lora
+
+    P, G, T = shape
+    arm = "ours" if on else "stock"
+    rows = []
+    with fast_paths(pm, on, snapshot) as fast:
+        def rollout():
+            pm.eval()
+            with merged_lora(pm, snapshot) if on else contextlib.nullcontext():
+                return generate(pm, prompt, G, T)
+        t_gen, completions = timed(rollout, device, warm=1, reps=reps)
+        rows.append(dict(phase=f"rollout {P}x{G}x{T}", path=arm, seconds=t_gen,
+                         new_tok_per_s=P * G * T / t_gen, ms_per_step=t_gen / T * 1000))
+        seqs = repeat_rows(prompt, G)
+        seqs["input_ids"] = torch.cat([seqs["input_ids"], completions], 1)
+        seqs["attention_mask"] = torch.ones_like(seqs["input_ids"])
+        t_rew, rewards = timed(lambda: rewards_of(completions, tokenizer, funcs), device,
+                               warm=0, reps=reps)
+        r = torch.tensor(rewards, device=device).view(P, G)
+        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+
+        def reference():
+            with pm.disable_adapter():
+                return completion_logps(pm, seqs, T, micro, grad=False)
+        t_ref, _ = timed(reference, device, warm=0, reps=reps)
+
+        def policy():
+            pm.train()
+            for i in range(0, P * G, micro):
+                part = {k: v[i:i + micro] for k, v in seqs.items()}
+                logp = completion_logps(pm, part, T, micro, grad=True)
+                (-(adv[i:i + micro] * logp).sum() / (P * G * T)).backward()
+            pm.zero_grad(set_to_none=True)
+        mem: dict = {}
+        with peak_memory(device, mem):
+            t_pol, _ = timed(policy, device, warm=0, reps=reps)
+        total = t_gen + t_rew + t_ref + t_pol
+        for phase, t in (("GRPO step: generate", t_gen), ("GRPO step: reward", t_rew),
+                         ("GRPO step: reference log-probs", t_ref),
+                         ("GRPO step: policy fwd+bwd", t_pol), ("GRPO step: whole", total)):
+            rows.append(dict(phase=phase, path=arm, seconds=t,
+                             peak_gib=mem["peak_gib"] if phase.endswith("whole") else None))
+        if fast:
+            d = fast["dedup"]
+            rows[-1].update(audio_rows_in=d.rows_in, audio_rows_encoded=d.rows_encoded,
+                            audio_cache_hits=fast["cache"].hits)
+            print(f"ours: audio tower encoded {d.rows_encoded} of {d.rows_in} rows "
+                  f"({d.calls} calls), cache hits {fast['cache'].hits}", flush=True)
+    return rows
+
+
+def bench_grpo(pm, size: str, device: str, dtype, reps: int, micro: int) -> list[dict]:
+    """Rollout alone, then one GRPO step split into its phases; stock vs ours."""
+    from audsemthinker.model.tiny import build_tiny_tokenizer
+    from audsemthinker.rewards import build_rewards
+    from audsemthinker.train.rollout import LoraSnapshot
+
+    shape = SIZES[size]["rollout"]
+    prompt = make_batch(shape[0], SIZES[size]["seconds"], 64, 32, device, dtype, seed=1)
+    funcs, _ = build_rewards([
+        dict(name="accuracy", mode="option"), dict(name="format", variant="semantic", value=0.5),
+        dict(name="length", shape="linear", budget=25, alpha=0.1, delta=0.5)])
+    snapshot = LoraSnapshot(pm)
+    args = (prompt, shape, snapshot, build_tiny_tokenizer(), funcs, device, reps, micro)
+    return grpo_arm(pm, False, *args) + grpo_arm(pm, True, *args)
+
+
+# --------------------------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------------------------
+METRICS = (("tok_per_s", "tokens/s", True), ("tflops", "TFLOP/s (4N)", True),
+           ("new_tok_per_s", "new tokens/s", True), ("ms_per_step", "ms / decode step", False),
+           ("seconds", "seconds", False), ("peak_gib", "peak GiB", False))
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per phase and metric, stock | ours | ratio (>1 means ours is better).
+    SFT lists every loss path against the stock one."""
+    lines = ["| phase | metric | stock | ours | ratio |", "|---|---|---|---|---|"]
+    phases = list(dict.fromkeys(r["phase"] for r in rows))
+    for phase in phases:
+        group = [r for r in rows if r["phase"] == phase]
+        stock = next(r for r in group if r["path"].startswith("stock"))
+        for other in (r for r in group if r is not stock):
+            label = phase if other["path"] == "ours" else f"{phase}: {other['path']}"
+            for key, name, higher in METRICS:
+                a, b = stock.get(key), other.get(key)
+                if a is None or b is None:
+                    continue
+                ratio = (b / a if higher else a / b) if a and b else float("nan")
+                lines.append(f"| {label} | {name} | {a:,.3g} | {b:,.3g} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default=None,
+                    help="7b on CUDA, cpu otherwise (default)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (median)")
+    ap.add_argument("--micro", type=int, default=8, help="rows per log-prob micro-batch")
+    ap.add_argument("--attn", default="sdpa")
+    ap.add_argument("--only", choices=("sft", "grpo"), default=None)
+    args = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = args.size or ("7b" if device == "cuda" else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    reps = args.reps or (3 if device == "cuda" else 2)
+    if device == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    import peft
+    import transformers
+
+    head = (f"torch {torch.__version__}, transformers {transformers.__version__}, peft "
+            f"{peft.__version__}, {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}"
+            f", size {size}, {dtype}, attention {args.attn}")
+    print(head, flush=True)
+    t0 = time.perf_counter()
+    pm, n_lm = build_model(size, device, dtype, args.attn)
+    print(f"built in {time.perf_counter() - t0:.0f} s; LM parameters N = {n_lm / 1e9:.3f}B",
+          flush=True)
+    rows = []
+    if args.only in (None, "sft"):
+        rows += bench_sft(pm, n_lm, size, device, dtype, reps)
+    if args.only in (None, "grpo"):
+        rows += bench_grpo(pm, size, device, dtype, reps, args.micro)
+    text = table(rows)
+    print("\n" + head + "\n\n" + text, flush=True)
+    result = dict(header=head, rows=rows, table=text)
+    out = os.environ.get("OUT")
+    if out:
+        path = Path(out) / "train_speed.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+    return result
+
+
+if __name__ == "__main__":
+    main()

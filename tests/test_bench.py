@@ -1,0 +1,42 @@
+"""``bench/train_speed.py`` keeps running, and its stock and fast paths compute the same things.
+
+The bench is what a researcher runs on a GPU node (``--size 7b``); this runs its smallest size on
+CPU in seconds so that a refactor cannot break it unnoticed. Speed itself is not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from test_sft import ROOT
+
+
+def test_train_speed_bench_runs_and_its_loss_paths_agree(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sys.modules.pop("train_speed", None)
+    import train_speed
+
+    threads = torch.get_num_threads()
+    try:
+        result = train_speed.main(["--size", "smoke", "--reps", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = result["rows"]
+    # The SFT loss paths (full logits, TRL's fused head, our chunks) compute one number.
+    losses = [r["loss"] for r in rows if r["phase"] == "SFT step"]
+    assert len(losses) == 3 and max(losses) - min(losses) < 1e-5 * abs(losses[0])
+    # Every GRPO phase is timed for both arms.
+    for phase in ("rollout 2x2x4", "GRPO step: generate", "GRPO step: reward",
+                  "GRPO step: reference log-probs", "GRPO step: policy fwd+bwd",
+                  "GRPO step: whole"):
+        assert sorted(r["path"] for r in rows if r["phase"] == phase) == ["ours", "stock"]
+    # Ours encoded each clip once for its G=2 rows in every pass (the tower trains: no cache).
+    ours = next(r for r in rows if r["phase"] == "GRPO step: whole" and r["path"] == "ours")
+    assert ours["audio_rows_in"] == 2 * ours["audio_rows_encoded"] > 0
+    assert ours["audio_cache_hits"] == 0
+    saved = json.loads((tmp_path / "train_speed.json").read_text())
+    assert saved["table"] == result["table"] and "| GRPO step: whole | seconds |" in saved["table"]
