@@ -1,4 +1,5 @@
-"""Two CPU processes (``torchrun --nproc_per_node 2``) train one run as data-parallel ranks.
+"""Two CPU processes (``accelerate launch``, ``configs/accelerate/cpu2.yaml``) train one run as
+data-parallel ranks.
 
 SFT: each rank sees its own rows (none twice), both end with the same weights, and rank 0's
 saved adapter loads in a single process to exactly those weights. GRPO: each rank generates
@@ -6,8 +7,9 @@ for its own prompts, TRL gathers every rank's rewards before the group advantage
 logged means, and the ranks end with the same weights. Resume: a checkpoint written by two
 ranks is continued by one plain ``python`` process.
 
-``accelerate launch --cpu --num_processes 2`` starts only one process (accelerate leaves
-multi-CPU runs to mpirun), so the launcher here is torch's own ``torch.distributed.run``.
+``accelerate launch --cpu --num_processes 2`` starts only ONE process (accelerate leaves
+multi-CPU runs to mpirun); ``cpu2.yaml`` asks for accelerate's multi-GPU launcher (torchrun
+underneath) and the scripts' ``use_cpu=true`` puts the ranks on CPU over gloo.
 The ranks' row ids, rewards and weight hashes come from the ``AUDSEM_LOG_BATCH_IDS`` debug
 hook (``audsemthinker/train/sft.py`` and ``grpo.traced_reward``).
 """
@@ -29,8 +31,8 @@ from test_sft import ROOT, build_synthetic
 N_TRAIN, BATCH, STEPS, RANKS = 16, 4, 2, 2  # SFT: exactly one epoch over both ranks
 GRPO_TRAIN, GRPO_GENS = 8, 2  # GRPO: 2 prompts x 2 completions per rank per step, one epoch
 TEXT_WEIGHT = 0.5
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc_per_node", str(RANKS))
+LAUNCH = (str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+          str(ROOT / "configs" / "accelerate" / "cpu2.yaml"))
 
 
 def text_length(completions, **kwargs) -> list[float]:
@@ -58,7 +60,7 @@ def _run(script: str, launcher, run_dir: Path, model_dir, data_dir, trace: Path,
     assert rc == 0, f"{script} exited with {rc}:\n{log.read_text()[-3000:]}"
 
 
-def _sft(run_dir, model_dir, data_dir, trace, log, *extra, launcher=TORCHRUN) -> None:
+def _sft(run_dir, model_dir, data_dir, trace, log, *extra, launcher=LAUNCH) -> None:
     _run("sft.py", launcher, run_dir, model_dir, data_dir, trace, log,
          "train.sft.logging_steps=1", f"train.sft.per_device_train_batch_size={BATCH}",
          "train.sft.use_cpu=true", *extra)
@@ -97,7 +99,7 @@ def sft_two_ranks(tmp_path_factory, tiny_full_dir):
     tmp = tmp_path_factory.mktemp("sft_two_ranks")
     data = build_synthetic(tmp / "data", n_train=N_TRAIN, n_test=2)
     run_dir, trace = tmp / "run", tmp / "trace"
-    _sft(run_dir, tiny_full_dir, data, trace, tmp / "torchrun.log",
+    _sft(run_dir, tiny_full_dir, data, trace, tmp / "launch.log",
          f"train.sft.max_steps={STEPS}", f"train.sft.save_steps={STEPS}")
     return data, run_dir, trace
 
@@ -139,7 +141,7 @@ def test_two_cpu_ranks_shard_grpo_generation_and_gather_rewards(tmp_path, tiny_f
     data = build_synthetic(tmp_path / "data", n_train=GRPO_TRAIN, n_test=2)
     run_dir, trace = tmp_path / "run", tmp_path / "trace"
     rewards = f"[{{name:accuracy}},{{_target_:test_multiprocess.text_length,weight:{TEXT_WEIGHT}}}]"
-    _run("grpo.py", TORCHRUN, run_dir, tiny_full_dir, data, trace, tmp_path / "torchrun.log",
+    _run("grpo.py", LAUNCH, run_dir, tiny_full_dir, data, trace, tmp_path / "launch.log",
          f"reward.rewards={rewards}", f"train.grpo.max_steps={STEPS}",
          f"train.grpo.save_steps={STEPS}", "train.grpo.logging_steps=1",
          f"train.grpo.per_device_train_batch_size={BATCH}",
