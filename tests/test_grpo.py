@@ -165,3 +165,29 @@ def test_script_trains_saves_reports_and_resumes(tmp_path, tiny_full_dir):
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "rewards/accuracy/mean" in line]
     assert steps == [1, 2, 3]
+
+
+def test_a_sharded_grpo_run_saves_and_reports_without_generating(tmp_path, tiny_full_dir,
+                                                                 monkeypatch):
+    """Under ZeRO-3/FSDP neither held-out pass (before or after training) may run on rank 0
+    alone; the run still trains, saves, merges and reports."""
+    import torch
+
+    from audsemthinker.train import grpo
+
+    torch.set_num_threads(2)
+    data = build_synthetic(tmp_path / "data", n_train=4, n_test=2, kind="grpo")
+    monkeypatch.setattr(grpo, "rank0_generation_blocker", lambda trainer: "FSDP (simulated)")
+
+    def no_generation(*a, **kw):
+        raise AssertionError("held-out generation ran although the weights are sharded")
+
+    import audsemthinker.train.sft as sft
+    monkeypatch.setattr(sft, "heldout_accuracy", no_generation)
+    cfg = compose_sft(tmp_path / "run", tiny_full_dir, data, [
+        "lora=tiny", "train.grpo.max_steps=1", "train.grpo.save_strategy=no"])
+    report = grpo.run_grpo(cfg)
+    held = report["heldout"]
+    assert held["before"]["not_run"] == held["after"]["not_run"] == "FSDP (simulated)"
+    assert held["accuracy_before"] is None and held["accuracy_after"] is None
+    assert report["global_step"] == 1 and os.path.isdir(report["merged"])

@@ -6,6 +6,7 @@ Helpers here (``compose_sft``, ``build_synthetic``) are imported by the other SF
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,53 @@ def test_checkpointing_accumulation_clipping_and_eval_steps_run_together(
     assert all(torch.isfinite(torch.tensor(r["eval_loss"])) for r in evals)
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
     assert all(r["grad_norm"] is not None for r in records if "loss" in r)
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out generation where weights are sharded
+# --------------------------------------------------------------------------------------------
+def _fake_trainer(processes: int, zero_stage=None, fsdp: bool = False):
+    from types import SimpleNamespace
+
+    plugin = None if zero_stage is None else SimpleNamespace(zero_stage=zero_stage)
+    state = SimpleNamespace(deepspeed_plugin=plugin)
+    return SimpleNamespace(accelerator=SimpleNamespace(num_processes=processes, state=state),
+                           is_fsdp_enabled=fsdp)
+
+
+@pytest.mark.parametrize("processes, zero_stage, fsdp, blocked", [
+    (1, 3, False, False),   # one process: nothing to wait for
+    (8, None, False, False),  # DDP: every rank holds the whole model
+    (8, 2, False, False),   # ZeRO-2 shards optimizer state only
+    (8, 3, False, True),    # ZeRO-3: parameters are gathered from every rank per forward
+    (8, None, True, True),  # FSDP: likewise
+])
+def test_rank0_generation_is_refused_only_where_weights_are_sharded(processes, zero_stage,
+                                                                    fsdp, blocked):
+    from audsemthinker.train.common import rank0_generation_blocker
+
+    reason = rank0_generation_blocker(_fake_trainer(processes, zero_stage, fsdp))
+    assert (reason is not None) == blocked
+    if blocked:
+        assert "shards the weights" in reason
+
+
+def test_a_sharded_run_saves_and_reports_without_generating(tmp_path, tiny_full_dir,
+                                                            pitch_data, monkeypatch):
+    """Under ZeRO-3/FSDP the run must finish with its weights and a report, not hang in a
+    rank-0-only ``generate``."""
+    from audsemthinker.train import sft
+
+    monkeypatch.setattr(sft, "rank0_generation_blocker", lambda trainer: "ZeRO-3 (simulated)")
+
+    def no_generation(*a, **kw):
+        raise AssertionError("held-out generation ran although the weights are sharded")
+
+    monkeypatch.setattr(sft, "heldout_accuracy", no_generation)
+    cfg = compose_sft(tmp_path, tiny_full_dir, pitch_data, [
+        "train.sft.max_steps=1", "train.sft.save_strategy=no", "lora=tiny"])
+    report = sft.run_sft(cfg)
+    assert report["heldout"]["not_run"] == "ZeRO-3 (simulated)"
+    assert report["heldout"]["accuracy"] is None and report["heldout"]["rows"] == 4
+    assert (Path(report["final"]) / "adapter_model.safetensors").exists()
+    assert json.loads((Path(report["run_dir"]) / "sft_report.json").read_text()) == report

@@ -33,8 +33,10 @@ from audsemthinker.train.common import (
     MetricsLogger,
     ProcessorSaver,
     configure_wandb,
+    heldout_not_run,
     json_safe,
     make_run_dir,
+    rank0_generation_blocker,
     read_metrics,
     resolve_resume,
     save_config,
@@ -308,9 +310,11 @@ def run_grpo(cfg: DictConfig) -> dict:
     held_rows = info["rows"][split]
     ckpt = resolve_resume(cfg.get("resume", "auto"), run_dir)
     before = None
+    blocker = rank0_generation_blocker(trainer)
     if trainer.is_world_process_zero() and held_rows:
         # A fresh LoRA adapter starts as a no-op, so this is the init model's accuracy.
-        before = heldout_accuracy(trainer.model, processor, held_rows, cfg)
+        before = heldout_not_run(blocker, len(held_rows)) if blocker else \
+            heldout_accuracy(trainer.model, processor, held_rows, cfg)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ckpt)
     train_s = time.perf_counter() - t0
@@ -320,7 +324,8 @@ def run_grpo(cfg: DictConfig) -> dict:
     if trainer.is_world_process_zero():
         save_processor(processor, final)
         merged = export_merged(final, info["model_config"], run_dir / "merged")
-        after = heldout_accuracy(trainer.model, processor, held_rows, cfg) if held_rows else None
+        after = None if not held_rows else heldout_not_run(blocker, len(held_rows)) if blocker \
+            else heldout_accuracy(trainer.model, processor, held_rows, cfg)
         png = plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png")
         report = json_safe({
             "run_dir": str(run_dir), "final": str(final), "merged": str(merged),

@@ -28,8 +28,10 @@ from audsemthinker.train.common import (
     MetricsLogger,
     ProcessorSaver,
     configure_wandb,
+    heldout_not_run,
     json_safe,
     make_run_dir,
+    rank0_generation_blocker,
     resolve_resume,
     save_config,
     seed_everything,
@@ -353,8 +355,10 @@ def run_sft(cfg: DictConfig, audio_override: str | None = None) -> dict:
     if trainer.is_world_process_zero():
         save_processor(info["processor"], final)
         split = "test" if info["rows"]["test"] else "valid"
-        held = heldout_accuracy(trainer.model, info["processor"], info["rows"][split], cfg,
-                                audio_override=audio_override)
+        blocker = rank0_generation_blocker(trainer)
+        held = heldout_not_run(blocker, len(info["rows"][split])) if blocker else \
+            heldout_accuracy(trainer.model, info["processor"], info["rows"][split], cfg,
+                             audio_override=audio_override)
         report = json_safe({
             "run_dir": str(run_dir), "final": str(final), "resumed_from": ckpt,
             "global_step": result.global_step, "train_loss": result.training_loss,
