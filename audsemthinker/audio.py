@@ -131,3 +131,30 @@ def load_audio(path: str | Path, max_seconds: float | None = None, on_long: str 
 def duration_seconds(audio: np.ndarray) -> float:
     """Seconds of a waveform returned by :func:`load_audio`."""
     return float(len(audio)) / SAMPLE_RATE
+
+
+def audio_problem(path: str | Path) -> str | None:
+    """A quick check before a long run: the :data:`REASONS` entry that makes ``path`` unusable,
+    or None.
+
+    Reads the header only (libsndfile) for the formats it knows, which catches a missing,
+    empty, truncated-header or non-audio file in well under a millisecond; anything libsndfile
+    cannot open goes through :func:`load_audio` in full, so a format only the fallback decoder
+    reads is not refused. A file whose samples break later still fails at load time.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty_file"
+    try:
+        info = sf.info(str(path))
+        return None if info.frames > 0 else "empty_file"
+    except Exception:
+        try:
+            load_audio(path)
+        except AudioError as e:
+            return e.reason
+        return None

@@ -81,3 +81,17 @@ def test_bad_files_raise_their_reason(tmp_path, reason, make):
 def test_unknown_on_long_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="on_long"):
         load_audio(write_tone(tmp_path / "a.wav", 440), on_long="drop")
+
+
+@pytest.mark.parametrize("reason,make", [
+    ("missing", lambda p: None),
+    ("empty_file", lambda p: p.write_bytes(b"")),
+    ("undecodable", lambda p: p.write_bytes(b"this is not audio at all " * 40)),
+    (None, lambda p: write_tone(p, 440)),
+])
+def test_audio_problem_finds_files_that_would_stop_a_run(tmp_path, reason, make):
+    from audsemthinker.audio import audio_problem
+
+    path = tmp_path / "clip.wav"
+    make(path)
+    assert audio_problem(path) == reason

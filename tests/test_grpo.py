@@ -191,3 +191,28 @@ def test_a_sharded_grpo_run_saves_and_reports_without_generating(tmp_path, tiny_
     assert held["before"]["not_run"] == held["after"]["not_run"] == "FSDP (simulated)"
     assert held["accuracy_before"] is None and held["accuracy_after"] is None
     assert report["global_step"] == 1 and os.path.isdir(report["merged"])
+
+
+def test_rows_with_unusable_audio_are_counted_and_left_out_before_training(tmp_path,
+                                                                          tiny_full_dir):
+    """A clip deleted or overwritten after the build would stop GRPO mid-step (a prompt's group
+    cannot be dropped from a generation batch); such rows are counted and left out first."""
+    import torch
+
+    from audsemthinker.data.examples import load_examples
+    from audsemthinker.train import grpo
+
+    torch.set_num_threads(2)
+    data = build_synthetic(tmp_path / "data", n_train=6, n_test=0, kind="grpo")
+    rows = load_examples(data / "train.jsonl")
+    os.remove(rows[0]["audio"])
+    with open(rows[4]["audio"], "wb") as f:
+        f.write(b"junk" * 100)
+    cfg = compose_sft(tmp_path / "run", tiny_full_dir, data, [
+        "lora=tiny", "train.grpo.max_steps=1", "train.grpo.save_strategy=no"])
+    trainer, info = grpo.build_grpo_trainer(cfg)
+    assert info["skipped_rows"] == {
+        "rows": 2, "ids": [rows[0]["id"], rows[4]["id"]],
+        "by_reason": {"skipped:audio:missing": 1, "skipped:audio:undecodable": 1}}
+    assert [r["id"] for r in trainer.train_dataset] == [r["id"] for r in rows[1:4] + rows[5:]]
+    trainer.train()  # and the rest trains

@@ -295,3 +295,27 @@ def test_a_sharded_run_saves_and_reports_without_generating(tmp_path, tiny_full_
     assert report["heldout"]["accuracy"] is None and report["heldout"]["rows"] == 4
     assert (Path(report["final"]) / "adapter_model.safetensors").exists()
     assert json.loads((Path(report["run_dir"]) / "sft_report.json").read_text()) == report
+
+
+def test_skips_in_dataloader_workers_reach_the_report(tmp_path, tiny_full_dir):
+    """The training collator runs in DataLoader worker processes, whose counters the main
+    process never sees; the run's report must still count a row whose audio broke after the
+    build (here: overwritten with junk), once per time it was met."""
+    from audsemthinker.data.examples import load_examples
+    from audsemthinker.train.sft import SKIP_LOG, run_sft
+
+    data = build_synthetic(tmp_path / "data", n_train=8, n_test=2)
+    broken = load_examples(data / "train.jsonl")[3]
+    Path(broken["audio"]).write_bytes(b"not audio at all" * 64)
+    cfg = compose_sft(tmp_path / "run", tiny_full_dir, data, [
+        "train.sft.max_steps=4", "train.sft.per_device_train_batch_size=4",
+        "train.sft.dataloader_num_workers=2", "train.sft.save_strategy=no",
+        "eval.decoding.max_new_tokens=4"])
+    report = run_sft(cfg)  # 4 steps x 4 rows over 8 rows: two epochs, the row met twice
+    skipped = report["skipped_rows"]
+    assert skipped["rows"] == 1 and skipped["events"] == 2, skipped
+    [(reason, n)] = skipped["by_reason"].items()
+    assert reason.startswith("skipped:audio:") and n == 2
+    lines = (Path(report["run_dir"]) / SKIP_LOG).read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == [broken["id"]] * 2
+    assert not any(k.startswith("skipped") for k in report["collator"])  # workers' counts

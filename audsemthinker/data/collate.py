@@ -23,9 +23,11 @@ Positions come from token ids (the last ``<|im_start|>assistant\\n`` span and th
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,17 +121,21 @@ class AudioCollator:
         prompt_only: render system + user with the generation prompt, no labels.
         audio_override: ``"silence"`` replaces every waveform with zeros of the same length
             (a control that shows a model learns from the audio, not the text).
+        skip_log: a JSON-lines file that gets one ``{"id", "reason"}`` line per skipped row.
+            ``stats`` lives in one process, but a training DataLoader collates in worker
+            processes (and each rank has its own), so the run's report counts skips from this
+            file instead (:func:`read_skip_log`).
 
     Attributes:
         stats: counts of rows seen, kept and skipped by reason (per process; a DataLoader with
-            workers keeps one copy per worker).
+            workers keeps one copy per worker: use ``skip_log`` for run totals).
         last_kept: indices, into the last call's rows, of the rows in the returned batch.
     """
 
     def __init__(self, processor, pad_side: str | None = None, max_length: int | None = None,
                  max_audio_seconds: float | None = None, on_overlong: str = "skip",
                  on_bad_audio: str = "skip", prompt_only: bool = False,
-                 audio_override: str | None = None):
+                 audio_override: str | None = None, skip_log: str | Path | None = None):
         pad_side = pad_side or ("left" if prompt_only else "right")
         if pad_side not in ("left", "right"):
             raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
@@ -148,6 +154,7 @@ class AudioCollator:
         self.on_overlong, self.on_bad_audio = on_overlong, on_bad_audio
         self.prompt_only, self.audio_override = prompt_only, audio_override
         self.stats: Counter = Counter()
+        self.skip_log = None if skip_log is None else Path(skip_log)
         self.last_kept: list[int] = []
         ids = self.tokenizer.encode
         self._header = ids(ASSISTANT_HEADER, add_special_tokens=False)
@@ -213,6 +220,15 @@ class AudioCollator:
             labels[i][torch.tensor(mask) == 0] = IGNORE_INDEX
         return labels
 
+    def _log_skip(self, row: Mapping, reason: str) -> None:
+        """One line per skipped row; a single short ``write`` on an append-mode file, so lines
+        from several workers and ranks do not interleave."""
+        if self.skip_log is None:
+            return
+        line = json.dumps({"id": row.get("id"), "reason": reason}) + "\n"
+        with self.skip_log.open("a") as f:
+            f.write(line)
+
     # ----------------------------------------------------------------------------------------
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         """Collate ``rows``; see the class docstring for what is returned and skipped.
@@ -235,6 +251,7 @@ class AudioCollator:
                 if self.on_bad_audio == "error":
                     raise
                 reasons[f"skipped:audio:{e.reason}"] += 1
+                self._log_skip(row, f"skipped:audio:{e.reason}")
                 log.warning("skipping row %r: %s", row.get("id"), e)
                 continue
             texts.append(text)
@@ -252,6 +269,9 @@ class AudioCollator:
                     raise ValueError(f"rows longer than max_length={self.max_length} tokens "
                                      f"(id, tokens): {too_long}")
                 reasons["skipped:overlong"] += len(too_long)
+                for j in range(len(lengths)):
+                    if j not in fits:
+                        self._log_skip(rows[kept[j]], "skipped:overlong")
                 log.warning("skipping %d rows over max_length=%d tokens: %s", len(too_long),
                             self.max_length, too_long)
                 offsets = np.cumsum([0] + n_audio)
@@ -268,3 +288,19 @@ class AudioCollator:
         if not self.prompt_only:
             batch["labels"] = self.labels_for(batch["input_ids"], batch["attention_mask"])
         return batch
+
+
+def read_skip_log(path: str | Path) -> dict:
+    """Totals of a collator ``skip_log``: ``{"rows": unique ids skipped, "events": skips
+    counted each time a row was met (epochs), "by_reason": {reason: events}}``; zeros when the
+    file does not exist (nothing was skipped)."""
+    path = Path(path)
+    by_reason: Counter = Counter()
+    ids = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                by_reason[rec["reason"]] += 1
+                ids.add(rec["id"])
+    return {"rows": len(ids), "events": sum(by_reason.values()), "by_reason": dict(by_reason)}

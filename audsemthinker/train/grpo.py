@@ -154,6 +154,34 @@ def grpo_rows(rows: Sequence[Mapping]) -> list[dict]:
     return out
 
 
+def drop_unusable_audio(rows: Sequence[Mapping]) -> tuple[list[Mapping], dict]:
+    """Rows whose audio passes :func:`audsemthinker.audio.audio_problem`, and the skips.
+
+    A GRPO prompt whose clip cannot load would stop the run mid-step (its group cannot be
+    dropped from a generation batch), so files that went missing or broke after the dataset
+    was built are found and counted before training instead.
+
+    Returns:
+        ``(kept_rows, {"rows": n skipped, "by_reason": {...}, "ids": first 20 ids})``.
+    """
+    from audsemthinker.audio import audio_problem
+    from audsemthinker.data.collate import audio_paths, prompt_of
+
+    kept, by_reason, ids = [], {}, []
+    for r in rows:
+        problems = [p for p in map(audio_problem, audio_paths(r, prompt_of(r))) if p]
+        if problems:
+            by_reason[f"skipped:audio:{problems[0]}"] = by_reason.get(
+                f"skipped:audio:{problems[0]}", 0) + 1
+            ids.append(r.get("id"))
+            continue
+        kept.append(r)
+    if ids:
+        log.warning("GRPO: %d training rows skipped before training, their audio is unusable "
+                    "(%s), e.g. %s", len(ids), by_reason, ids[:5])
+    return kept, {"rows": len(ids), "by_reason": by_reason, "ids": ids[:20]}
+
+
 def to_dataset(rows: Sequence[Mapping]):
     from datasets import Dataset
 
@@ -216,6 +244,10 @@ def build_grpo_trainer(cfg: DictConfig):
     if not rows["train"]:
         raise FileNotFoundError(f"no training rows at {split_file(cfg, 'train')}; build the "
                                 "dataset first (scripts/build_data.py data.kwargs.kind=grpo)")
+    rows["train"], skipped = drop_unusable_audio(rows["train"])
+    if not rows["train"]:
+        raise FileNotFoundError(f"no training row at {split_file(cfg, 'train')} has usable "
+                                f"audio: {skipped}")
     model, ref, processor, mcfg = load_policy(cfg, args.beta)
     trainer = AudioGRPOTrainer(
         model=model, reward_funcs=funcs, args=args, ref_model=ref,
@@ -225,7 +257,7 @@ def build_grpo_trainer(cfg: DictConfig):
         max_audio_seconds=OmegaConf.select(cfg, "data.audio.max_seconds", default=None),
         fast=fast_settings(cfg).grpo)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
-                reward_names=[f.__name__ for f in funcs])
+                reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)
     log.info("GRPO: %d train rows from %s, rewards %s (weights %s), lora=%s, beta=%s, run_dir=%s",
              len(rows["train"]), mcfg.name_or_path, info["reward_names"], weights,
              cfg.lora.preset, args.beta, run_dir)
@@ -334,7 +366,7 @@ def run_grpo(cfg: DictConfig) -> dict:
             "train_seconds": round(train_s, 2), "train_metrics": result.metrics,
             "lora_preset": str(cfg.lora.preset), "loss_type": trainer.args.loss_type,
             "beta": trainer.beta, "num_generations": trainer.num_generations,
-            "reward_names": info["reward_names"],
+            "reward_names": info["reward_names"], "skipped_rows": info["skipped_rows"],
             "reward_weights": trainer.reward_weights.tolist(),
             "rewards": reward_summary(run_dir / "metrics.jsonl"),
             "rewards_plot": str(png) if png else None,

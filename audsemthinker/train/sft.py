@@ -46,6 +46,10 @@ it collates to ``<path>.rank<N>`` and a hash of its trainable weights to
 ``<path>.rank<N>.weights`` at train end; GRPO also appends each reward call to
 ``<path>.rank<N>.rewards`` (``audsemthinker.train.grpo.traced_reward``)."""
 
+SKIP_LOG = "skipped_rows.jsonl"
+"""Rows the training collator skipped (bad audio, over max_length), one JSON line each, from
+every DataLoader worker and rank; the report's ``skipped_rows`` totals it."""
+
 FORCED = {"remove_unused_columns": False}
 """SFTConfig values the audio path needs; a config that sets them otherwise is an error."""
 DERIVED = {"output_dir": "run_dir", "report_to": "logging.wandb"}
@@ -206,7 +210,8 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
                                 "dataset first (scripts/build_data.py)")
     model, processor = load_model(cfg)
     collator = AudioCollator(processor, pad_side="right", max_length=args.max_length,
-                             audio_override=audio_override)
+                             audio_override=audio_override,
+                             skip_log=run_dir / SKIP_LOG)
     use_eval = args.eval_strategy != "no" and bool(rows["valid"])
     if args.eval_strategy != "no" and not use_eval:
         log.warning("train.sft.eval_strategy=%s but %s is empty: no eval loss this run",
@@ -339,6 +344,7 @@ def run_sft(cfg: DictConfig, audio_override: str | None = None) -> dict:
     Returns:
         The report dict (``heldout.accuracy`` in percent).
     """
+    from audsemthinker.data.collate import read_skip_log
     from audsemthinker.eval.report import write_json_atomic
     from audsemthinker.model.processor import save_processor
 
@@ -365,7 +371,8 @@ def run_sft(cfg: DictConfig, audio_override: str | None = None) -> dict:
             "train_seconds": round(train_s, 2), "train_metrics": result.metrics,
             "lora_preset": str(cfg.lora.preset), "trainable": info["trainable"],
             "total": info["total"], "audio_override": audio_override,
-            "collator": dict(info["collator"].stats),
+            "collator": dict(info["collator"].stats),  # this process only (see SKIP_LOG)
+            "skipped_rows": read_skip_log(run_dir / SKIP_LOG),
             "heldout": {"split": split, **held},
         })
         write_json_atomic(run_dir / "sft_report.json", report)
