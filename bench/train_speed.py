@@ -22,8 +22,11 @@ Rows, each as stock | ours | ratio:
   old-policy pass): generate / reward / reference log-probs / policy fwd+bwd, each timed. The
   phases are the calls TRL's GRPOTrainer makes, run on the bare model so that no trl is needed:
   PEFT ``generate``; decode + the paper's rewards; a no-grad forward with the adapter disabled
-  and ``logits_to_keep``; the policy forward with grad and the GRPO loss (ratio 1, group
-  advantages). Ours runs the same phases with the fast paths on.
+  and the LM head on the completion positions only (as TRL's fused head; the thinker's forward
+  ignores ``logits_to_keep``); the policy forward with grad and the GRPO loss (ratio 1, group
+  advantages). Ours runs the same phases with the fast paths on, and once more with
+  shared-prompt scoring (``train/prefix_share.py``: each prompt run once for its G rows; not yet
+  wired into the trainer), whose log-probs are checked against the full forward's.
 
 With ``--size 7b`` on one H200 the stock rows reproduce PERF_BASELINE.md (compare them first:
 a mismatch means the card or the versions differ, not that we are faster).
@@ -244,16 +247,57 @@ def generate(pm, prompt: dict, group: int, new: int) -> torch.Tensor:
     return out[:, prompt["input_ids"].size(1):]
 
 
-def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool) -> torch.Tensor:
-    """Per-token log-probs of the last ``new`` tokens, in micro-batches (as TRL scores them)."""
+def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool,
+                     shared: bool = False) -> torch.Tensor:
+    """Per-token log-probs of the last ``new`` tokens, in micro-batches (as TRL scores them).
+
+    ``shared``: :func:`audsemthinker.train.prefix_share.shared_prompt_logps`, which runs each
+    distinct prompt of a micro-batch once and only the completions on top of its cache."""
+    from audsemthinker.train.lm_loss import capture_final_hidden, lm_head_of
+    from audsemthinker.train.prefix_share import shared_prompt_logps
+
     out = []
     for i in range(0, seqs["input_ids"].size(0), micro):
         part = {k: v[i:i + micro] for k, v in seqs.items()}
         with torch.set_grad_enabled(grad):
-            logits = pm(**part, use_cache=False, logits_to_keep=new + 1).logits[:, :-1].float()
+            if shared:
+                out.append(shared_prompt_logps(
+                    pm, part["input_ids"], part["attention_mask"], new,
+                    input_features=part["input_features"],
+                    feature_attention_mask=part["feature_attention_mask"]).float())
+                continue
+            # The LM head on the completion positions only, as TRL's fused head does (the
+            # thinker's forward takes no logits_to_keep: it would be ignored).
+            with capture_final_hidden(pm) as store:
+                pm(**part, use_cache=False)
+            logits = lm_head_of(pm)(store["hidden"][:, -(new + 1):-1]).float()
             ids = part["input_ids"][:, -new:]
             out.append(torch.gather(logits.log_softmax(-1), 2, ids[..., None])[..., 0])
     return torch.cat(out)
+
+
+def scoring_times(pm, seqs: dict, adv: torch.Tensor, new: int, micro: int, shared: bool,
+                  device: str, reps: int) -> tuple[float, float, float | None]:
+    """Seconds of the reference pass (adapter off, no grad) and of the policy fwd+bwd (GRPO
+    loss at ratio 1), and the policy pass's peak GiB."""
+    rows = seqs["input_ids"].size(0)
+
+    def reference():
+        with pm.disable_adapter():
+            return completion_logps(pm, seqs, new, micro, grad=False, shared=shared)
+
+    def policy():
+        pm.train()
+        for i in range(0, rows, micro):
+            part = {k: v[i:i + micro] for k, v in seqs.items()}
+            logp = completion_logps(pm, part, new, micro, grad=True, shared=shared)
+            (-(adv[i:i + micro] * logp).sum() / (rows * new)).backward()
+        pm.zero_grad(set_to_none=True)
+    t_ref, _ = timed(reference, device, warm=0, reps=reps)
+    mem: dict = {}
+    with peak_memory(device, mem):
+        t_pol, _ = timed(policy, device, warm=0, reps=reps)
+    return t_ref, t_pol, mem["peak_gib"]
 
 
 def rewards_of(completions: torch.Tensor, tokenizer, reward_funcs) -> list[float]:
@@ -303,34 +347,33 @@ def grpo_arm(pm, on: bool, prompt: dict, shape: tuple, snapshot, tokenizer, func
         r = torch.tensor(rewards, device=device).view(P, G)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)
 
-        def reference():
-            with pm.disable_adapter():
-                return completion_logps(pm, seqs, T, micro, grad=False)
-        t_ref, _ = timed(reference, device, warm=0, reps=reps)
-
-        def policy():
-            pm.train()
-            for i in range(0, P * G, micro):
-                part = {k: v[i:i + micro] for k, v in seqs.items()}
-                logp = completion_logps(pm, part, T, micro, grad=True)
-                (-(adv[i:i + micro] * logp).sum() / (P * G * T)).backward()
-            pm.zero_grad(set_to_none=True)
-        mem: dict = {}
-        with peak_memory(device, mem):
-            t_pol, _ = timed(policy, device, warm=0, reps=reps)
-        total = t_gen + t_rew + t_ref + t_pol
-        for phase, t in (("GRPO step: generate", t_gen), ("GRPO step: reward", t_rew),
-                         ("GRPO step: reference log-probs", t_ref),
-                         ("GRPO step: policy fwd+bwd", t_pol), ("GRPO step: whole", total)):
-            rows.append(dict(phase=phase, path=arm, seconds=t,
-                             peak_gib=mem["peak_gib"] if phase.endswith("whole") else None))
-        if fast:
+        t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, False, device, reps)
+        phases = {"generate": t_gen, "reward": t_rew, "reference log-probs": t_ref,
+                  "policy fwd+bwd": t_pol}
+        rows += step_rows(arm, phases, peak)
+        if fast:  # what the trainer's fast paths did over this arm (rollout and both passes)
             d = fast["dedup"]
             rows[-1].update(audio_rows_in=d.rows_in, audio_rows_encoded=d.rows_encoded,
                             audio_cache_hits=fast["cache"].hits)
             print(f"ours: audio tower encoded {d.rows_encoded} of {d.rows_in} rows "
                   f"({d.calls} calls), cache hits {fast['cache'].hits}", flush=True)
+        if on:  # the same step with each prompt scored once (prefix_share; not in the trainer)
+            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, True, device, reps)
+            rows += step_rows("ours + shared-prompt scoring", {
+                **phases, "reference log-probs": t_ref, "policy fwd+bwd": t_pol}, peak)
+            full = completion_logps(pm, seqs, T, micro, grad=False)
+            once = completion_logps(pm, seqs, T, micro, grad=False, shared=True)
+            rows[-1]["max_logp_diff"] = float((full - once).abs().max())
+            print("shared-prompt scoring: max |log-prob difference| against the full forward "
+                  f"{rows[-1]['max_logp_diff']:.2e}", flush=True)
     return rows
+
+
+def step_rows(path: str, phases: dict, peak) -> list[dict]:
+    """One row per GRPO step phase plus the whole step (its peak memory on that row)."""
+    rows = [dict(phase=f"GRPO step: {k}", path=path, seconds=t) for k, t in phases.items()]
+    return rows + [dict(phase="GRPO step: whole", path=path, seconds=sum(phases.values()),
+                        peak_gib=peak)]
 
 
 def bench_grpo(pm, size: str, device: str, dtype, reps: int, micro: int) -> list[dict]:
