@@ -358,7 +358,11 @@ def grpo_arm(pm, on: bool, prompt: dict, shape: tuple, snapshot, tokenizer, func
             print(f"ours: audio tower encoded {d.rows_encoded} of {d.rows_in} rows "
                   f"({d.calls} calls), cache hits {fast['cache'].hits}", flush=True)
         if on:  # the same step with each prompt scored once (prefix_share; not in the trainer)
-            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, True, device, reps)
+            try:
+                t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, True, device, reps)
+            except NotImplementedError as e:  # e.g. an older transformers on a GPU box
+                print(f"shared-prompt scoring left out: {e}", flush=True)
+                return rows
             rows += step_rows("ours + shared-prompt scoring", {
                 **phases, "reference log-probs": t_ref, "policy fwd+bwd": t_pol}, peak)
             full = completion_logps(pm, seqs, T, micro, grad=False)

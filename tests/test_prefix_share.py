@@ -280,3 +280,14 @@ def test_selected_logps_is_log_softmax_then_gather(dtype):
     # bfloat16 keeps 8 significant bits: the result may differ by its rounding, no more.
     tol = dict(atol=1e-5, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-3, rtol=2**-7)
     torch.testing.assert_close(got.float(), want, **tol)
+
+
+def test_an_older_transformers_layout_is_refused(tiny_full_dir, tiny_processor, prompts):
+    """Before transformers' Qwen2_5OmniThinkerModel (5.17 on the GPU box), ``thinker.model`` is
+    the text decoder: it would take the features and ignore them, so the prompt pass would run
+    without the audio. Simulated by putting the text decoder in that place."""
+    model = _load(tiny_full_dir)
+    model.model = model.model.language_model
+    inputs, _ = _batch(tiny_processor, prompts)
+    with pytest.raises(NotImplementedError, match="does not scatter the audio"):
+        shared_prompt_logps(model, **inputs)

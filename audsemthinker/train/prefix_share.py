@@ -57,6 +57,14 @@ def unwrap_thinker(model: nn.Module) -> nn.Module:
 
 
 def _check_supported(thinker: nn.Module) -> None:
+    backbone = getattr(thinker, "model", None)
+    if not (hasattr(backbone, "get_audio_features") and hasattr(backbone, "language_model")):
+        import transformers
+
+        raise NotImplementedError(
+            f"transformers {transformers.__version__}: the thinker's backbone "
+            f"({type(backbone).__name__}) does not scatter the audio itself (transformers 5.24, "
+            "the pinned version, has Qwen2_5OmniThinkerModel for that); use the stock forward")
     text_cfg = thinker.config.get_text_config()
     if "sliding_attention" in (getattr(text_cfg, "layer_types", None) or ()):
         raise NotImplementedError("sliding-window attention layers are not supported")
