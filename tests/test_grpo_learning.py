@@ -109,25 +109,36 @@ def _grpo(cfg: dict) -> dict:
     return report
 
 
+def partial_sft(tmp_path: Path, model_dir, rewrite, common: list[str], sft_steps: int,
+                sft_lr: float, **build) -> tuple[Path, dict]:
+    """Build synthetic mc_qa data, ``rewrite(raw, sft_dir, grpo_dir)`` it, run the one SFT start
+    of a learning test (full FT, batch 8, seed 0) into ``tmp_path/sft``; returns the GRPO data
+    folder and the SFT report."""
+    from audsemthinker.data.registry import build_dataset
+    from audsemthinker.train.sft import run_sft
+
+    raw, sft_data, grpo_data = tmp_path / "raw", tmp_path / "sft_data", tmp_path / "grpo_data"
+    build_dataset("synthetic", raw, question_types=["mc_qa"], n_test=0, seed=0, plot=False,
+                  **build)
+    rewrite(raw, sft_data, grpo_data)
+    sft_cfg = compose_sft(tmp_path / "sft", model_dir, sft_data, [
+        *common, "seed=0", f"train.sft.max_steps={sft_steps}", f"train.sft.learning_rate={sft_lr}",
+        "train.sft.per_device_train_batch_size=8", "train.sft.save_strategy=no"])
+    return grpo_data, run_sft(sft_cfg)
+
+
 @pytest.mark.slow
 def test_grpo_raises_heldout_accuracy_and_reward_on_every_seed(tmp_path, tiny_full_dir):
     import torch
 
     from audsemthinker.data.examples import load_examples
-    from audsemthinker.data.registry import build_dataset
-    from audsemthinker.train.sft import run_sft
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    raw, sft_data, grpo_data = tmp_path / "raw", tmp_path / "sft_data", tmp_path / "grpo_data"
-    build_dataset("synthetic", raw, tasks=["pitch", "noise"], question_types=["mc_qa"],
-                  variant="simple", n_train=256, n_valid=128, n_test=0, seed=0, plot=False)
-    _rewrite(raw, sft_data, grpo_data)
     common = ["lora=none", "eval.batch_size=32", "eval.decoding.max_new_tokens=40"]
-    sft_cfg = compose_sft(tmp_path / "sft", tiny_full_dir, sft_data, [
-        *common, "seed=0", f"train.sft.max_steps={SFT_STEPS}", f"train.sft.learning_rate={SFT_LR}",
-        "train.sft.per_device_train_batch_size=8", "train.sft.save_strategy=no"])
-    sft = run_sft(sft_cfg)
+    grpo_data, sft = partial_sft(tmp_path, tiny_full_dir, _rewrite, common, SFT_STEPS, SFT_LR,
+                                 tasks=["pitch", "noise"], variant="simple", n_train=256,
+                                 n_valid=128)
     start_acc = sft["heldout"]["accuracy"]
     t_sft = time.perf_counter() - t0
     assert 55.0 <= start_acc <= 85.0, ("the partial SFT should land at middling accuracy",

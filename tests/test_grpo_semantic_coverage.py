@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from test_grpo_learning import sampled_completions
+from test_grpo_learning import partial_sft, sampled_completions
 from test_sft import compose_sft
 
 SEEDS = (0, 1, 2)
@@ -141,21 +141,13 @@ def test_grpo_with_semantic_coverage_raises_full_coverage_on_every_seed(tmp_path
     import torch
 
     from audsemthinker.data.examples import load_examples
-    from audsemthinker.data.registry import build_dataset
-    from audsemthinker.train.sft import run_sft
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    raw, sft_data, grpo_data = tmp_path / "raw", tmp_path / "sft_data", tmp_path / "grpo_data"
-    build_dataset("synthetic", raw, tasks=list(TASKS), question_types=["mc_qa"],
-                  variant="semantic", n_train=N_TRAIN, n_valid=N_VALID, n_test=0, seed=0,
-                  plot=False)
-    _rewrite(raw, sft_data, grpo_data)
     common = ["lora=none", "eval.batch_size=32", f"eval.decoding.max_new_tokens={MAX_COMPLETION}"]
-    sft_cfg = compose_sft(tmp_path / "sft", tiny_full_dir, sft_data, [
-        *common, "seed=0", f"train.sft.max_steps={SFT_STEPS}", f"train.sft.learning_rate={SFT_LR}",
-        "train.sft.per_device_train_batch_size=8", "train.sft.save_strategy=no"])
-    sft = run_sft(sft_cfg)
+    grpo_data, sft = partial_sft(tmp_path, tiny_full_dir, _rewrite, common, SFT_STEPS, SFT_LR,
+                                 tasks=list(TASKS), variant="semantic", n_train=N_TRAIN,
+                                 n_valid=N_VALID)
     t_sft = time.perf_counter() - t0
 
     cfgs = _grpo_cfgs(tmp_path, tiny_full_dir, grpo_data, common)

@@ -21,6 +21,7 @@ import numpy as np
 
 from audsemthinker import format as fmt
 from audsemthinker.data.registry import Meta, Skip, register_builder
+from audsemthinker.eval.report import sha256_file
 
 MMAU_KEYS = ("id", "audio_id", "question", "choices", "answer", "dataset", "task", "split",
              "category", "sub-category", "difficulty")
@@ -28,14 +29,6 @@ MMAU_REQUIRED = ("id", "audio_id", "question", "choices", "answer")
 MUCHOMUSIC_REQUIRED = ("question", "dataset_identifier", "correct_answer", "distractor_1_answer",
                        "distractor_2_answer", "distractor_3_answer")
 AUDIO_EXTS = ("", ".wav", ".flac", ".mp3", ".ogg")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def benchmark_prompts(question: str, options: list[str], variant: str = "semantic",

@@ -269,8 +269,8 @@ class AudioCollator:
                     raise ValueError(f"rows longer than max_length={self.max_length} tokens "
                                      f"(id, tokens): {too_long}")
                 reasons["skipped:overlong"] += len(too_long)
-                for j in range(len(lengths)):
-                    if j not in fits:
+                for j, n in enumerate(lengths):
+                    if n > self.max_length:
                         self._log_skip(rows[kept[j]], "skipped:overlong")
                 log.warning("skipping %d rows over max_length=%d tokens: %s", len(too_long),
                             self.max_length, too_long)

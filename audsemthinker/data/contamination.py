@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from audsemthinker import format as fmt
+from audsemthinker.eval.report import sha256_file
 
 KINDS = ("exact_file", "exact_pcm", "shared_id", "near_audio", "embedding", "near_question")
 N_BANDS, HOP, N_FFT = 33, 320, 1024
@@ -80,14 +81,6 @@ def pcm_sha256(wave: np.ndarray) -> str:
     """Hash of the 16-bit PCM: equal for lossless re-encodes of the same samples."""
     pcm = np.clip(np.round(np.asarray(wave) * 32767.0), -32768, 32767).astype("<i2")
     return hashlib.sha256(pcm.tobytes()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +135,7 @@ def clip_facts(paths: Sequence[str], max_seconds: float | None, embed_fn: Callab
             except AudioError as e:
                 out.append((path, e.reason))
                 continue
-            out.append((path, {"file": file_sha256(path), "pcm": pcm_sha256(wave),
+            out.append((path, {"file": sha256_file(path), "pcm": pcm_sha256(wave),
                                "fp": audio_fingerprint(wave), "emb": None}))
             waves.append(wave)
         if embed_fn is not None and waves:

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -167,19 +168,18 @@ def drop_unusable_audio(rows: Sequence[Mapping]) -> tuple[list[Mapping], dict]:
     from audsemthinker.audio import audio_problem
     from audsemthinker.data.collate import audio_paths, prompt_of
 
-    kept, by_reason, ids = [], {}, []
+    kept, by_reason, ids = [], Counter(), []
     for r in rows:
-        problems = [p for p in map(audio_problem, audio_paths(r, prompt_of(r))) if p]
-        if problems:
-            by_reason[f"skipped:audio:{problems[0]}"] = by_reason.get(
-                f"skipped:audio:{problems[0]}", 0) + 1
-            ids.append(r.get("id"))
+        problem = next(filter(None, map(audio_problem, audio_paths(r, prompt_of(r)))), None)
+        if problem is None:
+            kept.append(r)
             continue
-        kept.append(r)
+        by_reason[f"skipped:audio:{problem}"] += 1
+        ids.append(r.get("id"))
     if ids:
         log.warning("GRPO: %d training rows skipped before training, their audio is unusable "
-                    "(%s), e.g. %s", len(ids), by_reason, ids[:5])
-    return kept, {"rows": len(ids), "by_reason": by_reason, "ids": ids[:20]}
+                    "(%s), e.g. %s", len(ids), dict(by_reason), ids[:5])
+    return kept, {"rows": len(ids), "by_reason": dict(by_reason), "ids": ids[:20]}
 
 
 def to_dataset(rows: Sequence[Mapping]):
@@ -196,7 +196,7 @@ def traced_reward(fn):
     line per call (``step`` = global step when scored, ``reward`` name, row ``ids`` and
     ``values`` per completion) shows which prompts each rank generated for and what they scored.
     """
-    from audsemthinker.train.sft import TRACE_ENV
+    from audsemthinker.train.sft import trace_path
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -205,8 +205,7 @@ def traced_reward(fn):
         record = {"step": getattr(state, "global_step", None), "reward": fn.__name__,
                   "ids": list(kwargs.get("id") or []),
                   "values": [None if v is None else float(v) for v in values]}
-        path = Path(f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}.rewards")
-        with path.open("a") as f:
+        with trace_path("rewards").open("a") as f:
             f.write(json.dumps(record) + "\n")
         return values
 

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from audsemthinker.train.rollout import group_equal_rows
+
 THINKER_CLASS = "Qwen2_5OmniThinkerForConditionalGeneration"
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def unwrap_thinker(model: nn.Module) -> nn.Module:
@@ -76,14 +77,6 @@ def _check_supported(thinker: nn.Module) -> None:
             "(transformers sets cache=None); disable it or use the stock forward")
 
 
-def _bit_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as one integer row per batch row, bit for bit (so -0.0 != 0.0 and NaN == NaN)."""
-    flat = x.reshape(x.shape[0], -1)
-    if flat.is_floating_point():
-        flat = flat.contiguous().view(_BITS[flat.element_size()])
-    return flat.long()
-
-
 def group_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                input_features: torch.Tensor | None = None,
                feature_attention_mask: torch.Tensor | None = None,
@@ -103,19 +96,9 @@ def group_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         ``(first, inverse)``: ``first[g]`` is the first row of group ``g`` (groups in order of
         first appearance), ``inverse[b]`` the group of row ``b``.
     """
-    parts = [prompt_ids.long(), prompt_mask.long()]
-    for extra in (input_features, feature_attention_mask):
-        if extra is not None:
-            parts.append(_bit_rows(extra))
-    keys = torch.stack([torch.unique(p, dim=0, return_inverse=True)[1] for p in parts], dim=1)
-    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    n, rows = int(inverse.max()) + 1, torch.arange(len(inverse), device=inverse.device)
-    first = torch.full((n,), len(inverse), dtype=torch.long, device=inverse.device)
-    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
-    order = torch.argsort(first)  # renumber groups by first appearance
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(n, device=order.device)
-    return first[order], rank[inverse]
+    parts = [prompt_ids, prompt_mask]
+    parts += [x for x in (input_features, feature_attention_mask) if x is not None]
+    return group_equal_rows(*parts)
 
 
 def _check_inputs(thinker, input_ids, attention_mask, logits_to_keep, input_features,

@@ -24,7 +24,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,6 +158,31 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().view(_BITS[x.element_size()]) if x.is_floating_point() else x
 
 
+def group_equal_rows(*parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group the rows that are bit-identical in every part (rows need not be adjacent).
+
+    Shared by :class:`AudioDedup` (one encoding per distinct clip) and
+    :func:`audsemthinker.train.prefix_share.group_rows` (one forward per distinct prompt).
+
+    Args:
+        parts: tensors with the same first dimension ``B`` (any dtype and trailing shape).
+
+    Returns:
+        ``(first, inverse)``: ``first[g]`` is the first row of group ``g``, groups numbered in
+        order of first appearance; ``inverse[b]`` is the group of row ``b``.
+    """
+    keys = torch.stack([torch.unique(_bits(p).reshape(p.shape[0], -1).long(), dim=0,
+                                     return_inverse=True)[1] for p in parts], dim=1)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    n, rows = int(inverse.max()) + 1, torch.arange(len(inverse), device=inverse.device)
+    first = torch.full((n,), len(inverse), dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    order = torch.argsort(first)  # renumber groups by first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=order.device)
+    return first[order], rank[inverse]
+
+
 class AudioEncodingCache:
     """Tower outputs of distinct clips, keyed by their exact frames (bit equality, no hashing).
 
@@ -245,14 +270,8 @@ class AudioDedup:
         self.calls += 1
         self.rows_in += n
         # Frames the mask hides are zeroed: rows that differ only in padding are one clip.
-        valid = _bits(input_features.masked_fill(~mask[:, None, :], 0))
-        keys = torch.cat([valid.flatten(1), mask.to(valid.dtype)], dim=1)
-        _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        first: dict[int, int] = {}
-        for row, group in enumerate(inverse.tolist()):
-            first.setdefault(group, row)
-        reps = list(first.values())  # one row per distinct clip, in order of first appearance
-        slot = {g: i for i, g in enumerate(first)}
+        first, inverse = group_equal_rows(input_features.masked_fill(~mask[:, None, :], 0), mask)
+        reps = first.tolist()  # one row per distinct clip, in order of first appearance
         encodings: list[torch.Tensor | None] = [None] * len(reps)
         frames = [input_features[r][:, mask[r]] for r in reps]  # exactly what the tower reads
         use_cache = self._cache_usable()
@@ -270,7 +289,7 @@ class AudioDedup:
                 encodings[i] = enc
                 if use_cache:
                     self.cache.put(frames[i], enc)
-        hidden = torch.cat([encodings[slot[g]] for g in inverse.tolist()])
+        hidden = torch.cat([encodings[g] for g in inverse.tolist()])
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden)
 
 

@@ -46,6 +46,12 @@ it collates to ``<path>.rank<N>`` and a hash of its trainable weights to
 ``<path>.rank<N>.weights`` at train end; GRPO also appends each reward call to
 ``<path>.rank<N>.rewards`` (``audsemthinker.train.grpo.traced_reward``)."""
 
+def trace_path(suffix: str = "") -> Path:
+    """This rank's file of the ``TRACE_ENV`` debug hook: ``<path>.rank<N>[.<suffix>]``."""
+    return Path(f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}"
+                + (f".{suffix}" if suffix else ""))
+
+
 SKIP_LOG = "skipped_rows.jsonl"
 """Rows the training collator skipped (bad audio, over max_length), one JSON line each, from
 every DataLoader worker and rank; the report's ``skipped_rows`` totals it."""
@@ -120,7 +126,7 @@ class RowLookup:
     def __call__(self, items):
         ids = [int(it["row"]) for it in items]
         if os.environ.get(TRACE_ENV):
-            with Path(f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}").open("a") as f:
+            with trace_path().open("a") as f:
                 f.write(" ".join(map(str, ids)) + "\n")
         return self.collator([self.rows[i] for i in ids])
 
@@ -143,8 +149,7 @@ def trace_callback():
     class WeightTrace(TrainerCallback):
         @staticmethod
         def _write(suffix: str, model) -> None:
-            path = f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}.{suffix}"
-            Path(path).write_text(trainable_digest(model) + "\n")
+            trace_path(suffix).write_text(trainable_digest(model) + "\n")
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self._write("weights_begin", model)  # Trainer loads a resumed checkpoint before this
