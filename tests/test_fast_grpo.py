@@ -242,7 +242,7 @@ def test_same_tower_compares_every_tensor(tiny_full_dir):
 # --------------------------------------------------------------------------------------------
 # AudioGRPOTrainer: fast=default and fast=stock agree
 # --------------------------------------------------------------------------------------------
-def _run(tmp_path, model_dir, processor, fast: GRPOFast):
+def _run(tmp_path, model_dir, processor, fast: GRPOFast, **args_kw):
     from datasets import Dataset
     from test_grpo_audio import _args, _reward, tone_rows
 
@@ -250,7 +250,9 @@ def _run(tmp_path, model_dir, processor, fast: GRPOFast):
 
     tmp_path.mkdir()
     rows = tone_rows(tmp_path, 2)
-    args = _args(tmp_path, max_steps=1, logging_steps=1)  # beta > 0, num_iterations 2
+    # beta > 0, num_iterations 2: one generation batch, scored by an old-policy and a reference
+    # pass, then two policy micro-batches
+    args = _args(tmp_path, max_steps=1, logging_steps=1, **args_kw)
     trainer = AudioGRPOTrainer(model=_model(model_dir, "lm_attn", std=0.3),
                                reward_funcs=[_reward], args=args,
                                train_dataset=Dataset.from_list(rows), processing_class=processor,
@@ -264,15 +266,29 @@ def test_fast_and_stock_trainer_give_the_same_first_step(tmp_path, tiny_full_dir
     fast, logs = _run(tmp_path / "fast", tiny_full_dir, tiny_processor, GRPOFast())
     stock, stock_logs = _run(tmp_path / "stock", tiny_full_dir, tiny_processor,
                              GRPOFast(merged_rollouts=False, audio_dedup=False,
-                                      audio_cache=False))
+                                      audio_cache=False, shared_prompt=False))
     assert fast._lora_snapshot is not None and stock._lora_snapshot is None
     assert stock.audio_dedup is None
     assert fast.audio_dedup.rows_encoded < fast.audio_dedup.rows_in
     assert fast.audio_cache.hits > 0
+    shared = fast.shared_prompt_stats
+    assert shared["passes"] > 0 and shared["prompt_forwards"] < shared["rows"], shared
+    assert stock.shared_prompt_stats["passes"] == 0
     for key in ("reward", "rewards/_reward/mean", "reward_std", "loss", "kl", "grad_norm",
                 "entropy"):
         assert logs[key] == pytest.approx(stock_logs[key], rel=1e-4, abs=1e-6), key
     assert logs["completions/mean_length"] == stock_logs["completions/mean_length"]
+
+
+def test_shared_prompt_scoring_leaves_the_checkpointed_policy_pass_to_trl(
+        tmp_path, tiny_full_dir, tiny_processor, caplog):
+    with caplog.at_level(logging.INFO, logger="audsemthinker.train.grpo_audio"):
+        trainer, _ = _run(tmp_path / "gc", tiny_full_dir, tiny_processor, GRPOFast(),
+                          gradient_checkpointing=True)
+    # old-policy + reference passes shared (no gradients), the policy passes not
+    assert trainer.shared_prompt_stats == {"passes": 2, "rows": 8, "prompt_forwards": 4}
+    reasons = [r.message for r in caplog.records if "fast.grpo.shared_prompt" in r.message]
+    assert len(reasons) == 1 and "gradient checkpointing" in reasons[0]
 
 
 @pytest.mark.parametrize("choice, on", [("default", True), ("stock", False)])
@@ -285,6 +301,7 @@ def test_the_fast_config_group_reaches_the_trainer(tmp_path, tiny_full_dir, choi
     cfg = compose_sft(tmp_path, tiny_full_dir, data, [f"fast={choice}", "reward=simple",
                                                       "lora=lm_attn"])
     trainer, _ = build_grpo_trainer(cfg)
-    assert trainer.fast == GRPOFast(merged_rollouts=on, audio_dedup=on, audio_cache=on)
+    assert trainer.fast == GRPOFast(merged_rollouts=on, audio_dedup=on, audio_cache=on,
+                                    shared_prompt=on)
     assert (trainer.audio_dedup is not None, trainer.audio_cache is not None) == (on, on)
     assert trainer.merge_off_reason is None

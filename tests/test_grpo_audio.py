@@ -144,11 +144,28 @@ def _expected_features(processor, rows):
     return out
 
 
-def _spy(module, calls: list, tag, adapters_off=lambda: False):
+def _generating(trainer) -> dict:
+    """A flag that is True while the trainer generates (any other forward is a log-prob pass:
+    TRL's fused head, or the shared-prompt pass, which runs the backbone with a cache)."""
+    state = {"on": False}
+    inner = trainer._generate_single_turn
+
+    def wrapped(*args, **kwargs):
+        state["on"] = True
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            state["on"] = False
+
+    trainer._generate_single_turn = wrapped
+    return state
+
+
+def _spy(module, calls: list, tag, generating: dict, adapters_off=lambda: False):
     def hook(_mod, args, kwargs):
         calls.append(dict(tag=tag, ids=kwargs.get("input_ids"), feats=kwargs.get("input_features"),
                           mask=kwargs.get("feature_attention_mask"),
-                          logprob=kwargs.get("use_cache") is False, grad=torch.is_grad_enabled(),
+                          logprob=not generating["on"], grad=torch.is_grad_enabled(),
                           ref=adapters_off()))
 
     return module.register_forward_pre_hook(hook, with_kwargs=True)
@@ -187,7 +204,7 @@ def test_lora_audio_reaches_policy_old_policy_and_adapter_disabled_reference(
     peft_model = trainer.model
     layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
     calls: list = []
-    _spy(peft_model.get_base_model().model, calls, "policy",
+    _spy(peft_model.get_base_model().model, calls, "policy", _generating(trainer),
          adapters_off=lambda: all(m.disable_adapters for m in layers))
     trainer.train()
 
@@ -209,8 +226,9 @@ def test_full_finetuning_reference_gets_audio(tmp_path, tiny_processor, request,
                      _args(tmp_path, gradient_accumulation_steps=1, num_iterations=1,
                            per_device_train_batch_size=4, max_steps=1), lora=False)
     calls: list = []
-    _spy(trainer.model.model, calls, "policy")
-    _spy(trainer.ref_model.model, calls, "ref")
+    generating = _generating(trainer)
+    _spy(trainer.model.model, calls, "policy", generating)
+    _spy(trainer.ref_model.model, calls, "ref", generating)
     trainer.train()
 
     tok = tiny_processor.tokenizer

@@ -39,6 +39,11 @@ class GRPOFast:
     audio_cache: bool = True
     """With a frozen audio encoder (no trainable parameter in it), reuse a clip's encoding
     across the step's passes (generation, old policy, reference, policy)."""
+    shared_prompt: bool = True
+    """Log-prob passes run each distinct prompt (+ clip) once and only the completions on its
+    copied KV cache. Used where it is exact and possible: the no-gradient passes (reference,
+    old policy) always; the policy pass when it is not DDP-wrapped and gradient checkpointing
+    is off (transformers drops the cache under checkpointing)."""
 
 
 @dataclass

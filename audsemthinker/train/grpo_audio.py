@@ -26,6 +26,7 @@ from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS, audio_tokens_for_frames
 from audsemthinker.train.fast import GRPOFast
+from audsemthinker.train.prefix_share import shared_prompt_blocker
 from audsemthinker.train.rollout import (
     AudioEncodingCache,
     LoraSnapshot,
@@ -34,6 +35,7 @@ from audsemthinker.train.rollout import (
     merged_lora,
     same_tower,
 )
+from audsemthinker.train.shared_scoring import head_unsupported, shared_logps_and_entropies
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,9 @@ class AudioGRPOTrainer(GRPOTrainer):
       audio cache: a new generation batch starts.
     - ``_compute_loss`` (private): makes the batch's features active for the policy forward.
     - ``_get_per_token_logps_and_entropies`` (private): while features are active, runs TRL's
-      own method chunk by chunk through a wrapper that adds that chunk's rows of features.
+      own method chunk by chunk through a wrapper that adds that chunk's rows of features. With
+      ``fast.grpo.shared_prompt`` it first tries ``shared_scoring.shared_logps_and_entropies``
+      (each prompt run once, TRL's own log-prob kernel as the head), where the pass allows it.
     - ``_generate_single_turn`` (private): with ``fast.grpo.merged_rollouts``, runs TRL's own
       generation with the LoRA merged into the base weights (``rollout.merged_lora``; the base
       is restored bit-exactly from a snapshot taken at the first rollout). It is the narrowest
@@ -206,6 +210,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         ``audio_cache`` works inside the dedup wrapper, so it installs that wrapper too.
         """
         self.fast = fast
+        self.shared_prompt_stats = {"passes": 0, "rows": 0, "prompt_forwards": 0}
+        self._shared_off_logged: set[str] = set()
         self._lora_snapshot: LoraSnapshot | None = None
         self.merge_off_reason = None
         if fast.merged_rollouts:
@@ -348,6 +354,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         dtype = self.accelerator.unwrap_model(model).dtype
         n = input_ids.size(0)
         batch_size = batch_size or n
+        if not compute_aux_loss:
+            shared = self._shared_prompt_pass(model, input_ids, attention_mask, logits_to_keep,
+                                              batch_size, compute_entropy, audio, dtype)
+            if shared is not None:
+                return shared
         logps, entropies, aux = [], [], []
         for start in range(0, n, batch_size):
             end = min(start + batch_size, n)
@@ -360,3 +371,38 @@ class AudioGRPOTrainer(GRPOTrainer):
             aux.append(ax)
         return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
                 torch.stack(aux).mean() if compute_aux_loss else None)
+
+    def _shared_prompt_pass(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
+                            compute_entropy, audio: AudioRows, dtype):
+        """``fast.grpo.shared_prompt``: TRL's outputs with each prompt run once, or None.
+
+        None (the caller runs TRL's pass) when the switch is off, when this pass cannot share
+        (logged once per reason: a DDP/DeepSpeed-wrapped policy, gradient checkpointing with
+        gradients, ZeRO-3/FSDP shards), or when no two rows of the pass share a prompt.
+        """
+        if not self.fast.shared_prompt:
+            return None
+        reason = None
+        if self._dist.is_zero3 or self.is_fsdp_enabled:
+            reason = "ZeRO-3/FSDP shard the weights"
+        reason = reason or shared_prompt_blocker(model) or head_unsupported(model)
+        if reason:
+            if reason not in self._shared_off_logged:
+                self._shared_off_logged.add(reason)
+                log.info("fast.grpo.shared_prompt: this pass uses TRL's forward (%s)",
+                         reason.splitlines()[0])
+            return None
+        with self.accelerator.autocast():
+            out = shared_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature,
+                max_rows=batch_size, compute_entropy=compute_entropy,
+                cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
+                input_features=audio.input_features, feature_attention_mask=
+                audio.feature_attention_mask, feature_dtype=dtype)
+        if out is None:
+            return None
+        logps, entropies, stats = out
+        self.shared_prompt_stats["passes"] += 1
+        for key in ("rows", "prompt_forwards"):
+            self.shared_prompt_stats[key] += stats[key]
+        return logps, entropies, None

@@ -153,6 +153,70 @@ def selected_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
                         for row, i in zip(logits, ids)])
 
 
+def shared_prompt_blocker(model: nn.Module) -> str | None:
+    """Why :func:`shared_prompt_hidden` cannot run on ``model`` in the current mode (None: it can).
+
+    The same checks the scoring functions raise on, as a reason a caller can log before falling
+    back to the stock forward.
+    """
+    try:
+        _check_supported(unwrap_thinker(model))
+    except NotImplementedError as err:
+        return str(err)
+    return None
+
+
+def shared_prompt_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         logits_to_keep: int, input_features: torch.Tensor | None = None,
+                         feature_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Final hidden states that predict each completion token, each distinct prompt run once.
+
+    Row ``b``, column ``j`` is the stock forward's ``last_hidden_state[b, P - 1 + j]`` (``P`` the
+    prompt width): the state whose LM-head output scores completion token ``j``. Callers apply
+    their own head (:func:`shared_prompt_logps`, or TRL's chunked log-prob kernel in the trainer).
+
+    Args: as :func:`shared_prompt_logps`, without the temperature.
+
+    Returns:
+        ``[B, logits_to_keep, hidden]`` in the backbone's dtype.
+
+    Raises:
+        NotImplementedError: an unsupported model or setting (see the module docstring).
+        ValueError: malformed inputs (shapes, audio tokens in a completion).
+    """
+    thinker = unwrap_thinker(model)
+    _check_supported(thinker)
+    prompt_len = _check_inputs(thinker, input_ids, attention_mask, logits_to_keep,
+                               input_features, feature_attention_mask, 1.0)
+    backbone, text_cfg = thinker.model, thinker.config.get_text_config()
+    # The stock positions for audio/text-only rows (get_rope_index, no image/video grid).
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(attention_mask == 0, 1)
+    positions = positions.unsqueeze(0).expand(3, -1, -1)
+
+    first, inverse = group_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len],
+                                input_features, feature_attention_mask)
+    audio = {}
+    if input_features is not None:
+        audio = dict(input_features=input_features[first],
+                     feature_attention_mask=feature_attention_mask[first])
+    cache = DynamicCache(config=text_cfg)
+    prompt_out = backbone(input_ids=input_ids[first, :prompt_len],
+                          attention_mask=attention_mask[first, :prompt_len],
+                          position_ids=positions[:, first, :prompt_len], cache=cache,
+                          use_cache=True, **audio)
+    if prompt_out.cache is None or prompt_out.cache.get_seq_length() != prompt_len:
+        raise RuntimeError("the backbone returned no prompt cache; is gradient checkpointing or "
+                           "use_cache=False forced on?")
+    last_prompt = prompt_out.last_hidden_state[:, -1:].index_select(0, inverse)
+
+    completion_out = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
+                              position_ids=positions[:, :, prompt_len:],
+                              cache=_expand_cache(prompt_out.cache, inverse, text_cfg),
+                              use_cache=True)
+    return torch.cat([last_prompt, completion_out.last_hidden_state[:, :-1]], dim=1)
+
+
 def shared_prompt_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         logits_to_keep: int, input_features: torch.Tensor | None = None,
                         feature_attention_mask: torch.Tensor | None = None,
@@ -180,38 +244,11 @@ def shared_prompt_logps(model: nn.Module, input_ids: torch.Tensor, attention_mas
         NotImplementedError: an unsupported model or setting (see the module docstring).
         ValueError: malformed inputs (shapes, audio tokens in a completion, bad temperature).
     """
-    thinker = unwrap_thinker(model)
-    _check_supported(thinker)
-    prompt_len = _check_inputs(thinker, input_ids, attention_mask, logits_to_keep,
-                               input_features, feature_attention_mask, temperature)
-    backbone, text_cfg = thinker.model, thinker.config.get_text_config()
-    # The stock positions for audio/text-only rows (get_rope_index, no image/video grid).
-    positions = attention_mask.long().cumsum(-1) - 1
-    positions = positions.masked_fill(attention_mask == 0, 1)
-    positions = positions.unsqueeze(0).expand(3, -1, -1)
-
-    first, inverse = group_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len],
-                                input_features, feature_attention_mask)
-    audio = {}
-    if input_features is not None:
-        audio = dict(input_features=input_features[first],
-                     feature_attention_mask=feature_attention_mask[first])
-    cache = DynamicCache(config=text_cfg)
-    prompt_out = backbone(input_ids=input_ids[first, :prompt_len],
-                          attention_mask=attention_mask[first, :prompt_len],
-                          position_ids=positions[:, first, :prompt_len], cache=cache,
-                          use_cache=True, **audio)
-    if prompt_out.cache is None or prompt_out.cache.get_seq_length() != prompt_len:
-        raise RuntimeError("the backbone returned no prompt cache; is gradient checkpointing or "
-                           "use_cache=False forced on?")
-    last_prompt = prompt_out.last_hidden_state[:, -1:].index_select(0, inverse)
-
-    completion_out = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
-                              position_ids=positions[:, :, prompt_len:],
-                              cache=_expand_cache(prompt_out.cache, inverse, text_cfg),
-                              use_cache=True)
-    hidden = torch.cat([last_prompt, completion_out.last_hidden_state[:, :-1]], dim=1)
-    logits = thinker.lm_head(hidden)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    hidden = shared_prompt_hidden(model, input_ids, attention_mask, logits_to_keep,
+                                  input_features, feature_attention_mask)
+    logits = unwrap_thinker(model).lm_head(hidden)
     if temperature != 1.0:
         logits = logits / temperature
-    return selected_logps(logits, input_ids[:, prompt_len:])
+    return selected_logps(logits, input_ids[:, input_ids.shape[1] - int(logits_to_keep):])

@@ -1,0 +1,130 @@
+"""GRPO log-prob passes with each distinct prompt run once (``fast.grpo.shared_prompt``, issue 8).
+
+TRL scores every ``[prompt + completion]`` row in full, so at G samples per prompt the ~316-token
+prompt (64 text tokens + 250 audio placeholders for a 10 s clip) runs G times beside a ~128-token
+completion. Here rows are grouped by prompt and clip (``prefix_share.group_rows``), each group's
+prompt runs once, and only the completions run on its copied KV cache
+(``prefix_share.shared_prompt_hidden``). The head is TRL's own chunked log-prob kernel
+(``trl.kernels.ChunkedLogProbFunction``), called as TRL's fused LM head calls it, so log-probs
+and entropies carry TRL's numerics and its no-``[tokens, vocab]``-logits memory bound.
+
+Chunks hold whole groups: TRL's ``batch_size`` (the per-device batch) bounds the rows of a chunk
+unless one group is larger, in which case a chunk is that one group. Rows of a group need not be
+adjacent; results return to the caller's row order.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from trl.kernels import ChunkedLogProbFunction
+from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+from audsemthinker.train.prefix_share import group_rows, shared_prompt_hidden, unwrap_thinker
+
+
+def group_chunks(inverse: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
+    """Row indices of each chunk: whole groups in first-appearance order, ``<= max_rows`` rows.
+
+    A group larger than ``max_rows`` is a chunk of its own (a prompt's rows must run together to
+    share its forward).
+    """
+    groups = [torch.nonzero(inverse == g).flatten() for g in range(int(inverse.max()) + 1)]
+    chunks, current, size = [], [], 0
+    for rows in groups:
+        if current and size + len(rows) > max_rows:
+            chunks.append(torch.cat(current))
+            current, size = [], 0
+        current.append(rows)
+        size += len(rows)
+    if current:
+        chunks.append(torch.cat(current))
+    return chunks
+
+
+def _trim(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and mask cut to the chunk's own longest clip (as the stock per-chunk path does)."""
+    n = int(mask.sum(-1).max()) if mask.numel() else 0
+    return features[:, :, :n], mask[:, :n]
+
+
+def head_unsupported(model: nn.Module) -> str | None:
+    """Why TRL's kernel, called with no softcap and unit logit scale, is not this model's head."""
+    text_cfg = unwrap_thinker(model).config.get_text_config()
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                 "lm_head_multiplier", "logits_scaling"):
+        if getattr(text_cfg, name, None) is not None:
+            return f"the text config sets {name}; the shared head assumes plain logits"
+    return None
+
+
+def shared_logps_and_entropies(model: nn.Module, input_ids: torch.Tensor,
+                               attention_mask: torch.Tensor, logits_to_keep: int, *,
+                               temperature: float, max_rows: int, compute_entropy: bool,
+                               cast_lm_head_to_fp32: bool = False,
+                               input_features: torch.Tensor | None = None,
+                               feature_attention_mask: torch.Tensor | None = None,
+                               feature_dtype: torch.dtype | None = None,
+                               ) -> tuple[torch.Tensor, torch.Tensor | None, dict] | None:
+    """TRL's ``(log_probs, entropy)`` of the completion columns, each prompt forward run once.
+
+    Args:
+        model: the thinker or a PEFT model around it (not DDP/FSDP/DeepSpeed-wrapped; the caller
+            checks ``prefix_share.shared_prompt_blocker`` first).
+        input_ids: ``[B, L]`` TRL's ``prompt_completion_ids``.
+        attention_mask: ``[B, L]``.
+        logits_to_keep: completion width ``C``.
+        temperature: TRL's sampling temperature (its fused head divides by it).
+        max_rows: TRL's ``batch_size`` for the pass: the most rows one chunk runs at once.
+        compute_entropy: also return the per-token entropy.
+        cast_lm_head_to_fp32: as ``GRPOConfig.cast_lm_head_to_fp32``.
+        input_features: ``[B, mels, T]`` one clip per row, or None (text only).
+        feature_attention_mask: ``[B, T]``, or None.
+        feature_dtype: cast the features to this dtype (the model's), as the stock path does.
+
+    Returns:
+        None when no two rows share a prompt (the stock pass costs the same); else
+        ``(log_probs [B, C], entropy [B, C] or None, stats)``, zero on padding columns as TRL's
+        fused head returns them; ``stats`` counts ``rows`` and ``prompt_forwards``.
+    """
+    prompt_len = input_ids.shape[1] - int(logits_to_keep)
+    _, inverse = group_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len],
+                            input_features, feature_attention_mask)
+    n_groups = int(inverse.max()) + 1
+    if n_groups == input_ids.shape[0]:
+        return None
+    thinker = unwrap_thinker(model)
+    lm_head = thinker.get_output_embeddings()
+    outputs = ("log_probs", "entropy") if compute_entropy else ("log_probs",)
+    labels_all = input_ids[:, prompt_len:]
+    valid_all = attention_mask[:, prompt_len:].bool()
+    logps = entropies = None
+    for rows in group_chunks(inverse, max_rows):
+        rows = rows.to(input_ids.device)
+        audio = {}
+        if input_features is not None:
+            feats, fmask = _trim(input_features[rows], feature_attention_mask[rows])
+            audio = dict(input_features=feats if feature_dtype is None else feats.to(feature_dtype),
+                         feature_attention_mask=fmask)
+        hidden = shared_prompt_hidden(model, input_ids[rows], attention_mask[rows],
+                                      logits_to_keep, **audio)
+        valid, labels = valid_all[rows], labels_all[rows]
+        hidden = hidden[valid].to(lm_head.weight.device)
+        autocast = nullcontext()
+        if cast_lm_head_to_fp32:
+            hidden = hidden.float()
+            autocast = torch.autocast(hidden.device.type, enabled=False)
+        with autocast:
+            lp, ent, *_ = ChunkedLogProbFunction.apply(
+                hidden, lm_head.weight, lm_head.bias, labels[valid], temperature,
+                _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, outputs)
+        if logps is None:  # TRL's output dtype, zero on padding columns
+            logps = lp.new_zeros(valid_all.shape)
+            entropies = lp.new_zeros(valid_all.shape) if compute_entropy else None
+        logps = logps.index_put((rows,), lp.new_zeros(valid.shape).masked_scatter(valid, lp))
+        if compute_entropy:
+            entropies = entropies.index_put(
+                (rows,), ent.new_zeros(valid.shape).masked_scatter(valid, ent))
+    return logps, entropies, {"rows": input_ids.shape[0], "prompt_forwards": n_groups}
