@@ -16,17 +16,20 @@ Rows, each as stock | ours | ratio:
   token (N = language-model parameters; frozen base, no recomputation), peak memory. Stock is
   PEFT's forward with ``labels`` (full logits, float upcast); ours is the ``fast.sft`` loss.
 - Rollout: P prompts x G samples x T new tokens, sampled; new tokens/s and ms per decode step.
-  Stock is ``generate`` on the PEFT-wrapped model (what TRL does); ours merges the LoRA for the
-  rollout and encodes each clip once (``fast.grpo``).
+  Stock is ``generate`` on the PEFT-wrapped model (what TRL does). Ours merges the LoRA for the
+  rollout and encodes each clip once (``fast.grpo``), then samples with ``generate`` and with our
+  decode loop (``train/decode.py``: each prompt prefilled once; dynamic cache, static cache,
+  and on CUDA static cache + ``torch.compile``).
 - GRPO step (paper settings: beta > 0, num_iterations 1, so TRL runs the reference pass but no
   old-policy pass): generate / reward / reference log-probs / policy fwd+bwd, each timed. The
   phases are the calls TRL's GRPOTrainer makes, run on the bare model so that no trl is needed:
   PEFT ``generate``; decode + the paper's rewards; a no-grad forward with the adapter disabled
   and the LM head on the completion positions only (as TRL's fused head; the thinker's forward
   ignores ``logits_to_keep``); the policy forward with grad and the GRPO loss (ratio 1, group
-  advantages). Ours runs the same phases with the fast paths on, and once more with
-  shared-prompt scoring (``train/prefix_share.py``: each prompt run once for its G rows; not yet
-  wired into the trainer), whose log-probs are checked against the full forward's.
+  advantages) over shuffled micro-batches, as TRL shuffles the generation batch. Ours runs the
+  trainer's default fast paths: the decode loop, and shared-prompt scoring
+  (``train/prefix_share.py``: each prompt once for the rows of a micro-batch that share it),
+  whose log-probs are checked against the full forward's.
 
 With ``--size 7b`` on one H200 the stock rows reproduce PERF_BASELINE.md (compare them first:
 a mismatch means the card or the versions differ, not that we are faster).
@@ -238,21 +241,47 @@ def bench_sft(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[d
 # --------------------------------------------------------------------------------------------
 # Rollouts and the GRPO step
 # --------------------------------------------------------------------------------------------
-def generate(pm, prompt: dict, group: int, new: int) -> torch.Tensor:
-    """Sampled completions, ``group`` per prompt, exactly ``new`` tokens each."""
+def sampling_config(new: int):
+    """The paper's sampling (T 0.9, top-k 50), exactly ``new`` tokens: no EOS can stop a row."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, max_new_tokens=new, temperature=0.9, top_k=50,
+                            top_p=1.0, pad_token_id=0, eos_token_id=None)
+
+
+def generate(pm, prompt: dict, group: int, new: int, loop: dict | None = None) -> torch.Tensor:
+    """Sampled completions, ``group`` per prompt, exactly ``new`` tokens each.
+
+    ``loop``: None runs ``generate`` (``num_return_sequences``: what TRL does); else the keyword
+    arguments of :func:`audsemthinker.train.decode.sample_shared` (our decode loop: each prompt
+    prefilled once), run on the prompts repeated ``group`` times as TRL lays them out."""
+    cfg = sampling_config(new)
     with torch.no_grad():
-        out = pm.generate(**prompt, do_sample=True, max_new_tokens=new, min_new_tokens=new,
-                          num_return_sequences=group, temperature=0.9, top_k=50, top_p=1.0,
-                          pad_token_id=0)
+        if loop is None:
+            out = pm.generate(**prompt, generation_config=cfg, num_return_sequences=group)
+        else:
+            from audsemthinker.train.decode import sample_shared
+
+            out = sample_shared(pm, generation_config=cfg, **repeat_rows(prompt, group), **loop)
     return out[:, prompt["input_ids"].size(1):]
+
+
+def shares_a_prompt(part: dict, new: int) -> bool:
+    """Whether two rows of ``part`` have the same prompt and clip (else nothing to share)."""
+    from audsemthinker.train.prefix_share import group_rows
+
+    _, inverse = group_rows(part["input_ids"][:, :-new], part["attention_mask"][:, :-new],
+                            part["input_features"], part["feature_attention_mask"])
+    return int(inverse.max()) + 1 < inverse.numel()
 
 
 def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool,
                      shared: bool = False) -> torch.Tensor:
     """Per-token log-probs of the last ``new`` tokens, in micro-batches (as TRL scores them).
 
-    ``shared``: :func:`audsemthinker.train.prefix_share.shared_prompt_logps`, which runs each
-    distinct prompt of a micro-batch once and only the completions on top of its cache."""
+    ``shared``: :func:`audsemthinker.train.prefix_share.shared_prompt_logps` on micro-batches
+    where two rows share a prompt (each prompt once, the completions on its cache), the full
+    forward elsewhere: what ``fast.grpo.shared_prompt`` does in the trainer."""
     from audsemthinker.train.lm_loss import capture_final_hidden, lm_head_of
     from audsemthinker.train.prefix_share import shared_prompt_logps
 
@@ -260,7 +289,7 @@ def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool,
     for i in range(0, seqs["input_ids"].size(0), micro):
         part = {k: v[i:i + micro] for k, v in seqs.items()}
         with torch.set_grad_enabled(grad):
-            if shared:
+            if shared and shares_a_prompt(part, new):
                 out.append(shared_prompt_logps(
                     pm, part["input_ids"], part["attention_mask"], new,
                     input_features=part["input_features"],
@@ -278,9 +307,12 @@ def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool,
 
 def scoring_times(pm, seqs: dict, adv: torch.Tensor, new: int, micro: int, shared: bool,
                   device: str, reps: int) -> tuple[float, float, float | None]:
-    """Seconds of the reference pass (adapter off, no grad) and of the policy fwd+bwd (GRPO
-    loss at ratio 1), and the policy pass's peak GiB."""
+    """Seconds of the reference pass (adapter off, no grad, rows in generation order) and of
+    the policy fwd+bwd (GRPO loss at ratio 1) over shuffled micro-batches, as TRL shuffles the
+    generation batch before splitting it; and the policy pass's peak GiB."""
     rows = seqs["input_ids"].size(0)
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(0)).to(adv.device)
+    shuffled = {k: v[order] for k, v in seqs.items()}
 
     def reference():
         with pm.disable_adapter():
@@ -289,9 +321,9 @@ def scoring_times(pm, seqs: dict, adv: torch.Tensor, new: int, micro: int, share
     def policy():
         pm.train()
         for i in range(0, rows, micro):
-            part = {k: v[i:i + micro] for k, v in seqs.items()}
+            part = {k: v[i:i + micro] for k, v in shuffled.items()}
             logp = completion_logps(pm, part, new, micro, grad=True, shared=shared)
-            (-(adv[i:i + micro] * logp).sum() / (rows * new)).backward()
+            (-(adv[order][i:i + micro] * logp).sum() / (rows * new)).backward()
         pm.zero_grad(set_to_none=True)
     t_ref, _ = timed(reference, device, warm=0, reps=reps)
     mem: dict = {}
@@ -310,9 +342,49 @@ def rewards_of(completions: torch.Tensor, tokenizer, reward_funcs) -> list[float
     return [sum(v) for v in zip(*per)]
 
 
+def loop_variants(device: str) -> dict[str, dict | None]:
+    """Rollout paths of ours, by row label: ``generate``, then our decode loop's variants.
+
+    The first whose loop runs here is the one the GRPO step uses (the trainer's default)."""
+    out = {"merged LoRA + audio dedup, HF generate": None,
+           "+ shared-prefill decode loop (fast default)": dict(),
+           "+ decode loop, static cache": dict(static_cache=True)}
+    if device.startswith("cuda"):  # CUDA graphs; on CPU compile would only cost time here
+        out["+ decode loop, static cache + torch.compile"] = dict(static_cache=True, compile=True)
+    return out
+
+
+def rollout_rows(pm, prompt: dict, shape: tuple, snapshot, device: str, reps: int):
+    """The rollout timed for each of our paths (LoRA merged, clips encoded once); returns the
+    rows and the completions of the trainer's default path (None if the loop cannot run)."""
+    from audsemthinker.train.decode import decode_blocker
+    from audsemthinker.train.rollout import merged_lora
+
+    P, G, T = shape
+    rows, default = [], None
+    for label, loop in loop_variants(device).items():
+        if loop is not None:
+            why = decode_blocker(pm, sampling_config(T))
+            if why:
+                print(f"decode loop left out: {why}", flush=True)
+                break
+
+        def rollout(loop=loop):
+            pm.eval()
+            with merged_lora(pm, snapshot):
+                return generate(pm, prompt, G, T, loop)
+        warm = 2 if loop and loop.get("compile") else 1  # compiling, then CUDA-graph capture
+        t_gen, completions = timed(rollout, device, warm=warm, reps=reps)
+        rows.append(dict(phase=f"rollout {P}x{G}x{T}", path=f"ours: {label}", seconds=t_gen,
+                         new_tok_per_s=P * G * T / t_gen, ms_per_step=t_gen / T * 1000))
+        if loop == {} or default is None:
+            default = (t_gen, completions)
+    return rows, default
+
+
 @contextlib.contextmanager
-def fast_paths(pm, on: bool, snapshot):
-    """Ours: LoRA merged for generation only, each distinct clip encoded once (``fast.grpo``)."""
+def fast_paths(pm, on: bool):
+    """Ours: each distinct clip encoded once, one encoding per clip per step (``fast.grpo``)."""
     from audsemthinker.train.rollout import AudioEncodingCache, audio_dedup
 
     if not on:
@@ -320,25 +392,25 @@ def fast_paths(pm, on: bool, snapshot):
         return
     cache = AudioEncodingCache()
     with audio_dedup(pm, cache) as dedup:
-        yield dict(snapshot=snapshot, cache=cache, dedup=dedup)
+        yield dict(cache=cache, dedup=dedup)
 
 
 def grpo_arm(pm, on: bool, prompt: dict, shape: tuple, snapshot, tokenizer, funcs,
              device: str, reps: int, micro: int) -> list[dict]:
     """One arm (stock or ours): the rollout timed alone, then a GRPO step phase by phase."""
-    from audsemthinker.train.rollout import merged_lora
-
     P, G, T = shape
     arm = "ours" if on else "stock"
     rows = []
-    with fast_paths(pm, on, snapshot) as fast:
-        def rollout():
-            pm.eval()
-            with merged_lora(pm, snapshot) if on else contextlib.nullcontext():
+    with fast_paths(pm, on) as fast:
+        if on:
+            rows, (t_gen, completions) = rollout_rows(pm, prompt, shape, snapshot, device, reps)
+        else:
+            def rollout():
+                pm.eval()
                 return generate(pm, prompt, G, T)
-        t_gen, completions = timed(rollout, device, warm=1, reps=reps)
-        rows.append(dict(phase=f"rollout {P}x{G}x{T}", path=arm, seconds=t_gen,
-                         new_tok_per_s=P * G * T / t_gen, ms_per_step=t_gen / T * 1000))
+            t_gen, completions = timed(rollout, device, warm=1, reps=reps)
+            rows.append(dict(phase=f"rollout {P}x{G}x{T}", path=arm, seconds=t_gen,
+                             new_tok_per_s=P * G * T / t_gen, ms_per_step=t_gen / T * 1000))
         seqs = repeat_rows(prompt, G)
         seqs["input_ids"] = torch.cat([seqs["input_ids"], completions], 1)
         seqs["attention_mask"] = torch.ones_like(seqs["input_ids"])
@@ -346,25 +418,23 @@ def grpo_arm(pm, on: bool, prompt: dict, shape: tuple, snapshot, tokenizer, func
                                warm=0, reps=reps)
         r = torch.tensor(rewards, device=device).view(P, G)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)
-
-        t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, False, device, reps)
+        shared = on
+        try:
+            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, shared, device, reps)
+        except NotImplementedError as e:  # e.g. an older transformers on a GPU box
+            print(f"shared-prompt scoring left out: {e}", flush=True)
+            shared = False
+            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, False, device, reps)
         phases = {"generate": t_gen, "reward": t_rew, "reference log-probs": t_ref,
                   "policy fwd+bwd": t_pol}
         rows += step_rows(arm, phases, peak)
-        if fast:  # what the trainer's fast paths did over this arm (rollout and both passes)
+        if fast:  # what the trainer's fast paths did over this arm (rollouts and both passes)
             d = fast["dedup"]
             rows[-1].update(audio_rows_in=d.rows_in, audio_rows_encoded=d.rows_encoded,
-                            audio_cache_hits=fast["cache"].hits)
+                            audio_calls=d.calls, audio_cache_hits=fast["cache"].hits)
             print(f"ours: audio tower encoded {d.rows_encoded} of {d.rows_in} rows "
                   f"({d.calls} calls), cache hits {fast['cache'].hits}", flush=True)
-        if on:  # the same step with each prompt scored once (prefix_share; not in the trainer)
-            try:
-                t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, True, device, reps)
-            except NotImplementedError as e:  # e.g. an older transformers on a GPU box
-                print(f"shared-prompt scoring left out: {e}", flush=True)
-                return rows
-            rows += step_rows("ours + shared-prompt scoring", {
-                **phases, "reference log-probs": t_ref, "policy fwd+bwd": t_pol}, peak)
+        if shared:  # scoring each prompt once must change no log-prob
             full = completion_logps(pm, seqs, T, micro, grad=False)
             once = completion_logps(pm, seqs, T, micro, grad=False, shared=True)
             rows[-1]["max_logp_diff"] = float((full - once).abs().max())

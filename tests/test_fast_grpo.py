@@ -266,8 +266,10 @@ def test_fast_and_stock_trainer_give_the_same_first_step(tmp_path, tiny_full_dir
     fast, logs = _run(tmp_path / "fast", tiny_full_dir, tiny_processor, GRPOFast())
     stock, stock_logs = _run(tmp_path / "stock", tiny_full_dir, tiny_processor,
                              GRPOFast(merged_rollouts=False, audio_dedup=False,
-                                      audio_cache=False, shared_prompt=False))
+                                      audio_cache=False, decode_loop=False,
+                                      shared_prompt=False))
     assert fast._lora_snapshot is not None and stock._lora_snapshot is None
+    assert fast.decode_loop_calls > 0 and stock.decode_loop_calls == 0
     assert stock.audio_dedup is None
     assert fast.audio_dedup.rows_encoded < fast.audio_dedup.rows_in
     assert fast.audio_cache.hits > 0
@@ -302,6 +304,25 @@ def test_the_fast_config_group_reaches_the_trainer(tmp_path, tiny_full_dir, choi
                                                       "lora=lm_attn"])
     trainer, _ = build_grpo_trainer(cfg)
     assert trainer.fast == GRPOFast(merged_rollouts=on, audio_dedup=on, audio_cache=on,
-                                    shared_prompt=on)
+                                    decode_loop=on, shared_prompt=on)
     assert (trainer.audio_dedup is not None, trainer.audio_cache is not None) == (on, on)
     assert trainer.merge_off_reason is None
+
+
+@pytest.mark.parametrize("grpo, ok", [
+    (dict(compile_decode=True), False),  # compiled step needs the static cache
+    (dict(compile_decode=True, static_cache=True, decode_loop=False), False),
+    (dict(compile_decode=True, static_cache=True), True),
+    (dict(static_cache=True), True)])
+def test_compiled_decoding_needs_the_loop_and_a_static_cache(grpo, ok):
+    from omegaconf import OmegaConf
+
+    from audsemthinker.config import ConfigError
+    from audsemthinker.train.fast import fast_settings
+
+    cfg = OmegaConf.create({"fast": {"grpo": grpo}})
+    if ok:
+        assert fast_settings(cfg).grpo == GRPOFast(**grpo)
+    else:
+        with pytest.raises(ConfigError, match="compile_decode"):
+            fast_settings(cfg)

@@ -108,18 +108,15 @@ def test_each_completion_scored_against_its_own_prompt(tmp_path, tiny_full_dir, 
 
     trainer = _trainer(tiny_full_dir, tiny_processor, rows, _config(tmp_path, **setup), lora,
                        [recording])
-    policy = trainer.model
-    real_generate = policy.generate
+    real_generate = trainer._generate_single_turn  # whether generate or our decode loop runs
 
-    def spy_generate(*args, **kwargs):
-        out = real_generate(*args, **kwargs)
-        width = kwargs["input_ids"].size(1)
-        for prompt, full in zip(kwargs["input_ids"], out):
-            k = item_of(tok.decode(prompt))
-            generated.setdefault(k, []).append(full[width:].tolist())
-        return out
+    def spy_generate(prompt_ids, *args, **kwargs):
+        completion_ids, logprobs = real_generate(prompt_ids, *args, **kwargs)
+        for prompt, completion in zip(prompt_ids, completion_ids):
+            generated.setdefault(item_of(tok.decode(prompt)), []).append(list(completion))
+        return completion_ids, logprobs
 
-    policy.generate = spy_generate
+    trainer._generate_single_turn = spy_generate
     trainer.train()
 
     gens = setup["max_steps"] * setup["gradient_accumulation_steps"] * \

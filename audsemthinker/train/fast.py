@@ -39,6 +39,18 @@ class GRPOFast:
     audio_cache: bool = True
     """With a frozen audio encoder (no trainable parameter in it), reuse a clip's encoding
     across the step's passes (generation, old policy, reference, policy)."""
+    decode_loop: bool = True
+    """Rollouts sampled by our loop (``train/decode.py``) instead of ``generate``: each distinct
+    prompt + clip prefilled once and its KV cache copied to its G rows; the same sampling
+    (transformers' own logits processors, one multinomial draw over all rows per step, so a seed
+    gives generate's tokens). Settings the loop does not implement fall back to ``generate``."""
+    static_cache: bool = False
+    """Decode into a pre-allocated static KV cache (fixed shapes per step). Off: on its own it
+    only pays together with ``compile_decode``."""
+    compile_decode: bool = False
+    """``torch.compile`` the one-token decode step (CUDA graphs on GPU; needs ``static_cache``).
+    Off until timed on a GPU (``bench/train_speed.py``): the first call compiles, and each new
+    prompt width recompiles."""
     shared_prompt: bool = True
     """Log-prob passes run each distinct prompt (+ clip) once and only the completions on its
     copied KV cache. Used where it is exact and possible: the no-gradient passes (reference,
@@ -75,6 +87,10 @@ def fast_settings(cfg: DictConfig | None) -> FastSettings:
     for key, schema in parts.items():
         check_fields(data.get(key) or {}, schema, f"fast.{key}")
         out[key] = schema(**(data.get(key) or {}))
+    grpo = out["grpo"]
+    if grpo.compile_decode and not (grpo.decode_loop and grpo.static_cache):
+        raise ConfigError("fast.grpo.compile_decode needs fast.grpo.decode_loop and "
+                          "fast.grpo.static_cache (the compiled step decodes into a static cache)")
     if out["sft"].ce_chunk_tokens < 1:
         raise ConfigError(f"fast.sft.ce_chunk_tokens={out['sft'].ce_chunk_tokens}: must be >= 1")
     return FastSettings(**out)

@@ -13,6 +13,7 @@ count its features produce, so a misaligned row fails loudly instead of training
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS, audio_tokens_for_frames
+from audsemthinker.train.decode import decode_blocker, sample_shared
 from audsemthinker.train.fast import GRPOFast
 from audsemthinker.train.prefix_share import shared_prompt_blocker
 from audsemthinker.train.rollout import (
@@ -133,7 +135,9 @@ class AudioGRPOTrainer(GRPOTrainer):
       generation with the LoRA merged into the base weights (``rollout.merged_lora``; the base
       is restored bit-exactly from a snapshot taken at the first rollout). It is the narrowest
       method around ``generate`` only: the log-prob passes and the reward calls stay outside.
-      Off under ZeRO-3 and FSDP (sharded weights) and for full fine-tuning.
+      Off under ZeRO-3 and FSDP (sharded weights) and for full fine-tuning. With
+      ``fast.grpo.decode_loop`` the ``generate`` call inside it runs ``decode.sample_shared``
+      (each prompt prefilled once), also off under ZeRO-3 and FSDP.
     - ``_save`` (private, ``transformers.Trainer``): ``ProcessorMixin.save_pretrained`` refuses
       our video-less processor, so the Trainer saves the tokenizer and we write the other
       processor files (``save_processor``) beside it.
@@ -221,6 +225,12 @@ class AudioGRPOTrainer(GRPOTrainer):
                 self.merge_off_reason = "no LoRA adapter (full fine-tuning)"
             if self.merge_off_reason:
                 log.info("fast.grpo.merged_rollouts off: %s", self.merge_off_reason)
+        self.decode_off_reason = None
+        self.decode_loop_calls = 0
+        self._decode_off_logged: set[str] = set()
+        if fast.decode_loop and (self._dist.is_zero3 or self.is_fsdp_enabled):
+            self.decode_off_reason = "ZeRO-3/FSDP shard the weights"
+            log.info("fast.grpo.decode_loop off: %s", self.decode_off_reason)
         self.audio_cache = AudioEncodingCache() if fast.audio_cache else None
         self.audio_dedup = None
         if fast.audio_dedup or fast.audio_cache:
@@ -235,15 +245,51 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
                               has_tool_images=False):
-        if not self.fast.merged_rollouts or self.merge_off_reason:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields,
-                                                 num_generations, has_tool_images)
         model = self.accelerator.unwrap_model(self.model_wrapped)
-        if self._lora_snapshot is None:  # first rollout: after any checkpoint was loaded
-            self._lora_snapshot = LoraSnapshot(model)
-        with merged_lora(model, self._lora_snapshot):
+        with contextlib.ExitStack() as stack:
+            if self.fast.merged_rollouts and not self.merge_off_reason:
+                if self._lora_snapshot is None:  # first rollout: after any checkpoint loaded
+                    self._lora_snapshot = LoraSnapshot(model)
+                stack.enter_context(merged_lora(model, self._lora_snapshot))
+            if self.fast.decode_loop and not self.decode_off_reason:
+                stack.enter_context(self._decode_loop(model))
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields,
                                                  num_generations, has_tool_images)
+
+    @contextlib.contextmanager
+    def _decode_loop(self, model):
+        """``fast.grpo.decode_loop``: TRL's ``unwrapped_model.generate(...)`` call, inside
+        TRL's own generation method, runs ``decode.sample_shared`` instead (an attribute on the
+        instance, removed after). A call the loop cannot serve goes to ``generate``, logged once
+        per reason."""
+        def generate(input_ids, attention_mask, generation_config, input_features=None,
+                     feature_attention_mask=None, **other):
+            reason = (f"generate arguments {sorted(other)}" if other else
+                      decode_blocker(model, generation_config))
+            if reason:
+                if reason not in self._decode_off_logged:
+                    self._decode_off_logged.add(reason)
+                    log.info("fast.grpo.decode_loop: this rollout uses generate (%s)", reason)
+                extra = {} if input_features is None else dict(
+                    input_features=input_features, feature_attention_mask=feature_attention_mask)
+                return type(model).generate(model, input_ids=input_ids,
+                                            attention_mask=attention_mask,
+                                            generation_config=generation_config, **extra, **other)
+            self.decode_loop_calls += 1
+            return sample_shared(model, input_ids, attention_mask, generation_config,
+                                 input_features=input_features,
+                                 feature_attention_mask=feature_attention_mask,
+                                 static_cache=self.fast.static_cache,
+                                 compile=self.fast.compile_decode)
+
+        before = model.__dict__.get("generate")  # an instance attribute someone else set
+        model.generate = generate
+        try:
+            yield
+        finally:
+            del model.generate
+            if before is not None:
+                model.generate = before
 
     def _prepare_ref_model(self, ref):
         """What TRL's constructor does to the reference it loads itself (trl 1.16.0)."""

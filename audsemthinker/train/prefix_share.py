@@ -114,22 +114,32 @@ def _check_inputs(thinker, input_ids, attention_mask, logits_to_keep, input_feat
                          f"got {logits_to_keep}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    cfg = thinker.config
-    for name in ("image_token_id", "video_token_id"):
-        tok = getattr(cfg, name, None)
-        if tok is not None and bool((input_ids == tok).any()):
-            raise NotImplementedError(f"rows hold {name}={tok}: images and video are not supported")
-    audio = input_ids[:, prompt_len:] == cfg.audio_token_id
+    audio = input_ids[:, prompt_len:] == thinker.config.audio_token_id
     if bool((audio & attention_mask[:, prompt_len:].bool()).any()):
         raise ValueError("a completion holds the audio placeholder token; it has no features "
                          "(suppress placeholder tokens when sampling)")
+    check_media(thinker, input_ids, input_features, feature_attention_mask)
+    return prompt_len
+
+
+def check_media(thinker, input_ids: torch.Tensor, input_features: torch.Tensor | None,
+                feature_attention_mask: torch.Tensor | None) -> None:
+    """Audio only, one clip per row, batch-first: the layout the shared paths assume.
+
+    Raises:
+        NotImplementedError: image or video tokens in the rows.
+        ValueError: features without their mask (or the reverse), or not one clip per row.
+    """
+    for name in ("image_token_id", "video_token_id"):
+        tok = getattr(thinker.config, name, None)
+        if tok is not None and bool((input_ids == tok).any()):
+            raise NotImplementedError(f"rows hold {name}={tok}: images and video are not supported")
     if (input_features is None) != (feature_attention_mask is None):
         raise ValueError("pass input_features and feature_attention_mask together")
     if input_features is not None and (input_features.shape[0] != input_ids.shape[0]
                                        or feature_attention_mask.shape[0] != input_ids.shape[0]):
         raise ValueError(f"features must be batch-first, one clip per row: {input_ids.shape[0]} "
                          f"rows but features for {input_features.shape[0]}")
-    return prompt_len
 
 
 def _expand_cache(cache, index: torch.Tensor, config):
