@@ -25,6 +25,13 @@ class SFTFast:
     """Label tokens per cross-entropy chunk (peak extra memory ~ chunk x vocab x 4 bytes)."""
     length_grouped: bool = False
     """Batch rows of similar length together, so less of each batch is padding."""
+    padding_free: bool = False
+    """Train on packed batches: the rows of a batch concatenated into one row without padding
+    (``train/packing.py``), the row boundaries given by ``position_ids``. Exact (same loss and
+    gradients) with every attention implementation, but off by default: with sdpa/eager the
+    packed row attends through a [T, T] block mask, so attention cost grows with the square of
+    the summed row lengths instead of the sum of their squares; it pays with flash-attention 2's
+    varlen kernel (a GPU), which skips the padding and the cross-row blocks alike."""
 
 
 @dataclass

@@ -51,7 +51,7 @@ def unwrap_thinker(model: nn.Module) -> nn.Module:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if type(inner).__name__ != THINKER_CLASS:
         raise NotImplementedError(
-            f"shared_prompt_logps supports {THINKER_CLASS} or a PEFT model around it, got "
+            f"this path supports {THINKER_CLASS} or a PEFT model around it, got "
             f"{type(model).__name__} (wrapping {type(inner).__name__}); unwrap DDP/FSDP first or "
             "use the stock forward")
     return inner

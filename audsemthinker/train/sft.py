@@ -79,6 +79,9 @@ def check_sft_section(cfg: DictConfig) -> dict:
     section = OmegaConf.to_container(cfg.train.sft, resolve=True) or {}
     check_trainer_section(section, SFTConfig, "train.sft", DERIVED, FORCED,
                           "the audio columns are dropped before the collator sees them")
+    if section.get("padding_free"):
+        raise ConfigError("train.sft.padding_free is TRL's switch for its own text collator, "
+                          "which this audio path does not use; set fast.sft.padding_free=true")
     if (section.get("dataset_kwargs") or {}).get("skip_prepare_dataset") is False:
         raise ConfigError("train.sft.dataset_kwargs.skip_prepare_dataset must stay true: TRL's "
                           "preparation would tokenise the text without the audio")
@@ -202,6 +205,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     from audsemthinker.data.collate import AudioCollator
     from audsemthinker.model.lora import count_trainable
     from audsemthinker.train.fast import fast_settings
+    from audsemthinker.train.packing import PackingCollator, check_packable
     from audsemthinker.train.sft_fast import fast_trainer_kwargs, sft_trainer_class
 
     fast = fast_settings(cfg).sft  # validated before any work
@@ -214,6 +218,8 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         raise FileNotFoundError(f"no training rows at {split_file(cfg, 'train')}; build the "
                                 "dataset first (scripts/build_data.py)")
     model, processor = load_model(cfg)
+    if fast.padding_free:
+        check_packable(model)
     collator = AudioCollator(processor, pad_side="right", max_length=args.max_length,
                              audio_override=audio_override,
                              skip_log=run_dir / SKIP_LOG)
@@ -225,8 +231,11 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     n_train = len(rows["train"])
     all_rows = rows["train"] + (rows["valid"] if use_eval else [])
     trainer_class = sft_trainer_class(fast)
+    # Packed training batches; eval batches (and held-out generation) stay one row per example.
+    packing = {"eval_data_collator": RowLookup(all_rows, collator)} if fast.padding_free else {}
+    train_collator = PackingCollator(collator) if fast.padding_free else collator
     trainer = trainer_class(
-        model=model, args=args, data_collator=RowLookup(all_rows, collator),
+        model=model, args=args, data_collator=RowLookup(all_rows, train_collator),
         train_dataset=index_dataset(0, n_train),
         eval_dataset=index_dataset(n_train, len(all_rows)) if use_eval else None,
         # The tokenizer, not the processor: Trainer saves processing_class into every
@@ -235,7 +244,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         processing_class=processor.tokenizer,
         callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if os.environ.get(TRACE_ENV) else []),
-        **fast_trainer_kwargs(fast, rows["train"], processor.tokenizer),
+        **fast_trainer_kwargs(fast, rows["train"], processor.tokenizer), **packing,
     )
     trainable, total = count_trainable(model)
     info = dict(run_dir=run_dir, processor=processor, collator=collator, rows=rows,

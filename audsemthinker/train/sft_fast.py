@@ -1,7 +1,8 @@
-"""The SFT fast paths (``fast.sft``, issue 8): chunked cross-entropy and length-grouped batches.
+"""The SFT fast paths (``fast.sft``, issue 8): chunked cross-entropy, length-grouped and packed
+batches.
 
-:class:`FastSFTTrainer` is ``trl.SFTTrainer`` with two public/overridable methods replaced, each
-only when its switch is on (:func:`sft_trainer_class` returns the plain ``SFTTrainer`` when both
+:class:`FastSFTTrainer` is ``trl.SFTTrainer`` with a few public/overridable methods replaced, each
+only when its switch is on (:func:`sft_trainer_class` returns the plain ``SFTTrainer`` when all
 are off, so ``fast=stock`` is exactly stock TRL):
 
 - ``compute_loss`` (``chunked_ce``): :func:`audsemthinker.train.lm_loss.chunked_lm_loss` with
@@ -15,12 +16,18 @@ are off, so ``fast=stock`` is exactly stock TRL):
   resumed run sees the same batches; accelerate shards its batches across ranks as it does the
   stock sampler's. Not exact: batches differ from the stock random ones, so the losses differ
   (rows of a batch share a length range, and so partly a task or source).
+- ``padding_free``: the training collator packs each batch (``train/packing.py``; wired in
+  ``train/sft.py``). Both losses read packed batches as they are; ``compute_loss`` corrects the
+  ``num_tokens`` metric, which TRL takes from ``position_ids.size(1)`` (1 for the thinker's
+  ``[4, 1, T]`` positions), and ``get_eval_dataloader`` / ``get_test_dataloader`` use the
+  unpacked ``eval_data_collator`` (an eval batch stays one row per example).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import Sampler
@@ -28,6 +35,7 @@ from trl import SFTTrainer
 
 from audsemthinker.model.tokens import audio_tokens_for_frames
 from audsemthinker.train.lm_loss import chunked_lm_loss
+from audsemthinker.train.packing import is_packed
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +162,16 @@ class FastSFTTrainer(SFTTrainer):
     Args:
         ce_chunk_tokens: labelled positions per LM-head chunk; None keeps TRL's loss.
         row_lengths: per training row length; None keeps TRL's sampler.
+        eval_data_collator: the collator of eval/test batches when it differs from the training
+            one (the unpacked collator under ``padding_free``); None uses ``data_collator``.
         *args, **kwargs: as ``SFTTrainer``.
     """
 
     def __init__(self, *args, ce_chunk_tokens: int | None = None,
-                 row_lengths: Sequence[int] | None = None, **kwargs):
+                 row_lengths: Sequence[int] | None = None, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ce_chunk_tokens = ce_chunk_tokens
+        self.eval_data_collator = eval_data_collator
         self.row_lengths = None if row_lengths is None else list(row_lengths)
         if self.row_lengths is not None and len(self.row_lengths) != len(self.train_dataset):
             raise ValueError(f"{len(self.row_lengths)} row lengths for "
@@ -173,11 +184,36 @@ class FastSFTTrainer(SFTTrainer):
                  * max(self.args.world_size, 1))
         return LengthGroupedEpochSampler(self.row_lengths, group, self.args.seed)
 
+    @contextmanager
+    def _eval_collator(self):
+        """``data_collator`` is the eval collator within the block (when one was given)."""
+        train_collator = self.data_collator
+        if self.eval_data_collator is not None:
+            self.data_collator = self.eval_data_collator
+        try:
+            yield
+        finally:
+            self.data_collator = train_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._eval_collator():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._eval_collator():
+            return super().get_test_dataloader(test_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Chunked loss (see :func:`chunked_lm_loss`); TRL's own when ``ce_chunk_tokens`` is
         None or the caller wants the logits (``return_outputs``)."""
         if self.ce_chunk_tokens is None or return_outputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            before = self._total_train_tokens
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.model.training and is_packed(inputs):
+                # TRL counted position_ids.size(1), the 1 of [4, 1, T]: count the T real tokens.
+                self._total_train_tokens = before
+                self._count_train_tokens(inputs)
+            return out
         mode = "train" if self.model.training else "eval"
         batch = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
         stats: dict = {}
@@ -197,9 +233,18 @@ class FastSFTTrainer(SFTTrainer):
         self._metrics[mode]["entropy"].append((ent / n).item() if n > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((correct / n).item() if n > 0 else 0.0)
         if mode == "train":
-            tokens = gather(inputs["attention_mask"].sum()).sum().item()
-            self._total_train_tokens += tokens // self._tp_size
+            self._count_train_tokens(inputs)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def _count_train_tokens(self, inputs) -> None:
+        """Add this batch's real tokens (over all ranks) to the ``num_tokens`` metric: the
+        attention mask's ones, or every token of a packed batch (it has no padding)."""
+        mask = inputs.get("attention_mask")
+        local = mask.sum() if mask is not None else torch.tensor(
+            inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+        tokens = self.accelerator.gather_for_metrics(local).sum().item()
+        self._total_train_tokens += tokens // self._tp_size
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
 
 
 def sft_trainer_class(fast) -> type:
@@ -208,7 +253,8 @@ def sft_trainer_class(fast) -> type:
     Args:
         fast: ``FastSettings.sft`` (``audsemthinker.train.fast``).
     """
-    return FastSFTTrainer if (fast.chunked_ce or fast.length_grouped) else SFTTrainer
+    return FastSFTTrainer if (fast.chunked_ce or fast.length_grouped or fast.padding_free) \
+        else SFTTrainer
 
 
 def fast_trainer_kwargs(fast, rows: Sequence[Mapping], tokenizer) -> dict:
