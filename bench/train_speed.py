@@ -26,10 +26,11 @@ Rows, each as stock | ours | ratio:
   PEFT ``generate``; decode + the paper's rewards; a no-grad forward with the adapter disabled
   and the LM head on the completion positions only (as TRL's fused head; the thinker's forward
   ignores ``logits_to_keep``); the policy forward with grad and the GRPO loss (ratio 1, group
-  advantages) over shuffled micro-batches, as TRL shuffles the generation batch. Ours runs the
-  trainer's default fast paths: the decode loop, and shared-prompt scoring
-  (``train/prefix_share.py``: each prompt once for the rows of a micro-batch that share it),
-  whose log-probs are checked against the full forward's.
+  advantages) over micro-batches of the shuffled generation batch (TRL shuffles rows). Ours runs
+  the trainer's default fast paths: the decode loop, shared-prompt scoring
+  (``train/prefix_share.py``: each prompt once for the rows of a micro-batch that share it;
+  log-probs checked against the full forward's) and micro-batches that keep each prompt's rows
+  together (``group_batches``; the trainer does that without gradient checkpointing).
 
 With ``--size 7b`` on one H200 the stock rows reproduce PERF_BASELINE.md (compare them first:
 a mismatch means the card or the versions differ, not that we are faster).
@@ -306,12 +307,18 @@ def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool,
 
 
 def scoring_times(pm, seqs: dict, adv: torch.Tensor, new: int, micro: int, shared: bool,
-                  device: str, reps: int) -> tuple[float, float, float | None]:
+                  device: str, reps: int, group: int) -> tuple[float, float, float | None]:
     """Seconds of the reference pass (adapter off, no grad, rows in generation order) and of
-    the policy fwd+bwd (GRPO loss at ratio 1) over shuffled micro-batches, as TRL shuffles the
-    generation batch before splitting it; and the policy pass's peak GiB."""
+    the policy fwd+bwd (GRPO loss at ratio 1) over micro-batches of the shuffled generation
+    batch; and the policy pass's peak GiB. Stock shuffles rows (TRL); with ``shared`` the
+    prompt groups of ``group`` rows are shuffled whole (``fast.grpo.group_batches``)."""
     rows = seqs["input_ids"].size(0)
-    order = torch.randperm(rows, generator=torch.Generator().manual_seed(0)).to(adv.device)
+    g = torch.Generator().manual_seed(0)
+    if shared:
+        order = (torch.randperm(rows // group, generator=g)[:, None] * group
+                 + torch.arange(group)).flatten().to(adv.device)
+    else:
+        order = torch.randperm(rows, generator=g).to(adv.device)
     shuffled = {k: v[order] for k, v in seqs.items()}
 
     def reference():
@@ -420,11 +427,11 @@ def grpo_arm(pm, on: bool, prompt: dict, shape: tuple, snapshot, tokenizer, func
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)
         shared = on
         try:
-            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, shared, device, reps)
+            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, shared, device, reps, G)
         except NotImplementedError as e:  # e.g. an older transformers on a GPU box
             print(f"shared-prompt scoring left out: {e}", flush=True)
             shared = False
-            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, False, device, reps)
+            t_ref, t_pol, peak = scoring_times(pm, seqs, adv, T, micro, False, device, reps, G)
         phases = {"generate": t_gen, "reward": t_rew, "reference log-probs": t_ref,
                   "policy fwd+bwd": t_pol}
         rows += step_rows(arm, phases, peak)

@@ -267,14 +267,16 @@ def test_fast_and_stock_trainer_give_the_same_first_step(tmp_path, tiny_full_dir
     stock, stock_logs = _run(tmp_path / "stock", tiny_full_dir, tiny_processor,
                              GRPOFast(merged_rollouts=False, audio_dedup=False,
                                       audio_cache=False, decode_loop=False,
-                                      shared_prompt=False))
+                                      shared_prompt=False, group_batches=False))
     assert fast._lora_snapshot is not None and stock._lora_snapshot is None
     assert fast.decode_loop_calls > 0 and stock.decode_loop_calls == 0
     assert stock.audio_dedup is None
     assert fast.audio_dedup.rows_encoded < fast.audio_dedup.rows_in
     assert fast.audio_cache.hits > 0
-    shared = fast.shared_prompt_stats
-    assert shared["passes"] > 0 and shared["prompt_forwards"] < shared["rows"], shared
+    # Scored with each prompt run once: the old-policy and reference passes (4 rows, 2 prompts)
+    # and, as micro-batches hold one prompt's 2 rows (group_batches), the step's 2 policy passes.
+    assert fast.group_off_reason is None
+    assert fast.shared_prompt_stats == {"passes": 4, "rows": 12, "prompt_forwards": 6}
     assert stock.shared_prompt_stats["passes"] == 0
     for key in ("reward", "rewards/_reward/mean", "reward_std", "loss", "kl", "grad_norm",
                 "entropy"):
@@ -291,6 +293,8 @@ def test_shared_prompt_scoring_leaves_the_checkpointed_policy_pass_to_trl(
     assert trainer.shared_prompt_stats == {"passes": 2, "rows": 8, "prompt_forwards": 4}
     reasons = [r.message for r in caplog.records if "fast.grpo.shared_prompt" in r.message]
     assert len(reasons) == 1 and "gradient checkpointing" in reasons[0]
+    # and the micro-batches keep TRL's row shuffle: grouping them would not help
+    assert "gradient checkpointing" in trainer.group_off_reason
 
 
 @pytest.mark.parametrize("choice, on", [("default", True), ("stock", False)])
@@ -304,7 +308,7 @@ def test_the_fast_config_group_reaches_the_trainer(tmp_path, tiny_full_dir, choi
                                                       "lora=lm_attn"])
     trainer, _ = build_grpo_trainer(cfg)
     assert trainer.fast == GRPOFast(merged_rollouts=on, audio_dedup=on, audio_cache=on,
-                                    decode_loop=on, shared_prompt=on)
+                                    decode_loop=on, shared_prompt=on, group_batches=on)
     assert (trainer.audio_dedup is not None, trainer.audio_cache is not None) == (on, on)
     assert trainer.merge_off_reason is None
 
@@ -326,3 +330,24 @@ def test_compiled_decoding_needs_the_loop_and_a_static_cache(grpo, ok):
     else:
         with pytest.raises(ConfigError, match="compile_decode"):
             fast_settings(cfg)
+
+
+@pytest.mark.parametrize("args_kw, reason", [
+    (dict(loss_type="bnpo"), "bnpo"),
+    (dict(steps_per_generation=4), "several optimizer steps"),
+    (dict(), None)])
+def test_group_batches_only_where_the_gradient_is_unchanged(tmp_path, tiny_full_dir,
+                                                            tiny_processor, args_kw, reason):
+    from datasets import Dataset
+    from test_grpo_audio import _args, _reward, tone_rows
+
+    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+
+    trainer = AudioGRPOTrainer(model=_model(tiny_full_dir, "lm_attn"), reward_funcs=[_reward],
+                               args=_args(tmp_path, **args_kw),
+                               train_dataset=Dataset.from_list(tone_rows(tmp_path, 2)),
+                               processing_class=tiny_processor)
+    if reason is None:
+        assert trainer.group_off_reason is None
+    else:
+        assert reason in trainer.group_off_reason

@@ -16,7 +16,11 @@ from hypothesis import strategies as st
 from test_prefix_share import SPECS, G, _batch, _load, _prompt_rows, _spy
 from trl.trainer.utils import add_fused_lm_head
 
-from audsemthinker.train.shared_scoring import group_chunks, shared_logps_and_entropies
+from audsemthinker.train.shared_scoring import (
+    group_chunks,
+    group_shuffle,
+    shared_logps_and_entropies,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,6 +52,39 @@ def test_chunks_cover_every_row_once_and_respect_the_bound(labels, max_rows):
             assert (inverse[chunk] == g).sum() == (inverse == g).sum()
     firsts = [int(inverse[c[0]]) for c in chunks]
     assert firsts == sorted(firsts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=24), st.integers(0, 2**31 - 1))
+def test_group_shuffle_keeps_groups_together_and_rows_in_unison(prompts, seed):
+    torch.manual_seed(seed)
+    n = len(prompts)
+    ids = torch.tensor([[p, p + 1] for p in prompts])
+    feats = torch.tensor([[[float(p % 2)]] for p in prompts])
+    batch = {"prompt_ids": ids, "input_features": feats, "row": torch.arange(n),
+             "texts": [f"row {i}" for i in range(n)], "old_per_token_logps": None,
+             "num_items_in_batch": torch.tensor(7)}
+    out = group_shuffle(batch, ("prompt_ids", "input_features"))
+    rows = out["row"].tolist()
+    assert sorted(rows) == list(range(n))  # a permutation
+    assert out["texts"] == [f"row {i}" for i in rows]  # every value in unison
+    assert torch.equal(out["prompt_ids"], ids[rows]) and torch.equal(out["input_features"],
+                                                                      feats[rows])
+    assert out["old_per_token_logps"] is None and int(out["num_items_in_batch"]) == 7
+    seen = [prompts[r] for r in rows]  # each prompt's rows are contiguous, in their own order
+    starts = [i for i in range(n) if i == 0 or seen[i] != seen[i - 1]]
+    assert len(starts) == len(set(prompts))
+    for p in set(prompts):
+        assert [r for r in rows if prompts[r] == p] == [i for i in range(n) if prompts[i] == p]
+
+
+def test_group_shuffle_orders_groups_at_random():
+    batch = {"prompt_ids": torch.arange(6).repeat_interleave(2)[:, None], "row": torch.arange(12)}
+    orders = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        orders.add(tuple(group_shuffle(batch, ("prompt_ids",))["row"].tolist()[::2]))
+    assert len(orders) > 10
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,14 @@ class GRPOFast:
     """``torch.compile`` the one-token decode step (CUDA graphs on GPU; needs ``static_cache``).
     Off until timed on a GPU (``bench/train_speed.py``): the first call compiles, and each new
     prompt width recompiles."""
+    group_batches: bool = True
+    """Cut the generation batch into micro-batches with each prompt's G rows kept together
+    (prompts in random order) instead of TRL's row-by-row shuffle, so the policy pass can run
+    each prompt once (``shared_prompt``). The optimizer step's gradient is the same: every loss
+    TRL normalises per sequence, per generation batch or by a constant sums to the same value
+    over any split into equal micro-batches. Used only where the policy pass can share (no
+    gradient checkpointing, one process) and exact (not ``bnpo``, which normalises per
+    micro-batch; one optimizer step per generation batch)."""
     shared_prompt: bool = True
     """Log-prob passes run each distinct prompt (+ clip) once and only the completions on its
     copied KV cache. Used where it is exact and possible: the no-gradient passes (reference,

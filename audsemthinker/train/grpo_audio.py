@@ -37,7 +37,11 @@ from audsemthinker.train.rollout import (
     merged_lora,
     same_tower,
 )
-from audsemthinker.train.shared_scoring import head_unsupported, shared_logps_and_entropies
+from audsemthinker.train.shared_scoring import (
+    group_shuffle,
+    head_unsupported,
+    shared_logps_and_entropies,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,8 @@ class AudioGRPOTrainer(GRPOTrainer):
       own method chunk by chunk through a wrapper that adds that chunk's rows of features. With
       ``fast.grpo.shared_prompt`` it first tries ``shared_scoring.shared_logps_and_entropies``
       (each prompt run once, TRL's own log-prob kernel as the head), where the pass allows it.
+    - ``_prepare_inputs`` (private): with ``fast.grpo.group_batches``, TRL's own method with its
+      row shuffle replaced by ``shared_scoring.group_shuffle`` (prompt groups stay together).
     - ``_generate_single_turn`` (private): with ``fast.grpo.merged_rollouts``, runs TRL's own
       generation with the LoRA merged into the base weights (``rollout.merged_lora``; the base
       is restored bit-exactly from a snapshot taken at the first rollout). It is the narrowest
@@ -231,6 +237,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         if fast.decode_loop and (self._dist.is_zero3 or self.is_fsdp_enabled):
             self.decode_off_reason = "ZeRO-3/FSDP shard the weights"
             log.info("fast.grpo.decode_loop off: %s", self.decode_off_reason)
+        self.group_off_reason = self._group_batches_blocker() if fast.group_batches else None
+        if self.group_off_reason:
+            log.info("fast.grpo.group_batches off: %s", self.group_off_reason)
         self.audio_cache = AudioEncodingCache() if fast.audio_cache else None
         self.audio_dedup = None
         if fast.audio_dedup or fast.audio_cache:
@@ -242,6 +251,36 @@ class AudioGRPOTrainer(GRPOTrainer):
                 shared = self.audio_cache if self.audio_cache is not None and \
                     not self._dist.is_zero3 and same_tower(self.model, ref) else None
                 install_audio_dedup(ref, shared)
+
+    def _group_batches_blocker(self) -> str | None:
+        """Why ``fast.grpo.group_batches`` would not help or not be exact here (None: use it)."""
+        args = self.args
+        if not self.fast.shared_prompt:
+            return "shared_prompt is off"
+        if args.gradient_checkpointing:
+            return "gradient checkpointing: the policy pass cannot share a prompt cache"
+        if self.accelerator.num_processes > 1 or self.is_deepspeed_enabled \
+                or self.is_fsdp_enabled:
+            return "the policy pass runs through a DDP/DeepSpeed/FSDP wrapper"
+        if self.loss_type == "bnpo":
+            return "loss_type bnpo normalises per micro-batch"
+        if args.steps_per_generation != args.gradient_accumulation_steps:
+            return "a generation batch spans several optimizer steps"
+        return None
+
+    def _prepare_inputs(self, generation_batch):
+        if not self.fast.group_batches or self.group_off_reason:
+            return super()._prepare_inputs(generation_batch)
+        import trl.trainer.grpo_trainer as trl_grpo  # TRL calls its module's shuffle by name
+
+        keys = ("prompt_ids", "prompt_mask", "input_features", "feature_attention_mask")
+        row_shuffle = trl_grpo.shuffle_sequence_dict
+        trl_grpo.shuffle_sequence_dict = \
+            lambda d: group_shuffle(d, tuple(k for k in keys if k in d))
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            trl_grpo.shuffle_sequence_dict = row_shuffle
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
                               has_tool_images=False):

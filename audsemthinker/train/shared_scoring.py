@@ -11,6 +11,11 @@ and entropies carry TRL's numerics and its no-``[tokens, vocab]``-logits memory 
 Chunks hold whole groups: TRL's ``batch_size`` (the per-device batch) bounds the rows of a chunk
 unless one group is larger, in which case a chunk is that one group. Rows of a group need not be
 adjacent; results return to the caller's row order.
+
+The policy pass sees TRL's micro-batches, cut from a generation batch that TRL shuffles row by
+row, so a micro-batch rarely holds two rows of one prompt. :func:`group_shuffle` shuffles whole
+prompt groups instead (``fast.grpo.group_batches``): each micro-batch then holds as few prompts
+as possible, and its policy forward runs each of them once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
 from audsemthinker.train.prefix_share import group_rows, shared_prompt_hidden, unwrap_thinker
+from audsemthinker.train.rollout import group_equal_rows
 
 
 def group_chunks(inverse: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
@@ -128,3 +134,28 @@ def shared_logps_and_entropies(model: nn.Module, input_ids: torch.Tensor,
             entropies = entropies.index_put(
                 (rows,), ent.new_zeros(valid.shape).masked_scatter(valid, ent))
     return logps, entropies, {"rows": input_ids.shape[0], "prompt_forwards": n_groups}
+
+
+def group_shuffle(seq_dict: dict, group_keys: tuple[str, ...]) -> dict:
+    """TRL's ``shuffle_sequence_dict`` with each prompt group's rows kept together.
+
+    Groups (rows equal in every ``group_keys`` tensor, e.g. prompt ids, mask and clip) come in a
+    random order (``torch.randperm``, as TRL's shuffle), each group's rows in their own order,
+    and every sequence value of the dict is permuted in unison; ``None`` and 0-dim tensors pass.
+
+    Raises:
+        KeyError: a ``group_keys`` entry missing from the dict.
+    """
+    _, inverse = group_equal_rows(*[seq_dict[k] for k in group_keys if seq_dict[k] is not None])
+    order = torch.randperm(int(inverse.max()) + 1)
+    inverse = inverse.cpu()
+    perm = torch.cat([torch.nonzero(inverse == g).flatten() for g in order.tolist()])
+
+    def permute(v):
+        if v is None or (isinstance(v, torch.Tensor) and v.ndim == 0):
+            return v
+        if isinstance(v, torch.Tensor):
+            return v[perm.to(v.device)]
+        return [v[i] for i in perm.tolist()]
+
+    return {key: permute(val) for key, val in seq_dict.items()}
