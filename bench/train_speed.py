@@ -239,6 +239,93 @@ def bench_sft(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[d
     return rows
 
 
+def mixed_batch(rows: int, device: str, dtype: torch.dtype) -> tuple[dict, torch.Tensor]:
+    """``rows`` samples of mixed length (2-10 s clips, 32-192 answer tokens), right-padded as
+    the SFT collator pads them, and their labels (the text after the clip)."""
+    parts = [make_batch(1, 2.0 + 8.0 * i / max(rows - 1, 1), 64, 32 + (160 * i * 7 // 3) % 161,
+                        device, dtype, seed=10 + i) for i in range(rows)]
+    width = max(p["input_ids"].size(1) for p in parts)
+    frames = max(p["input_features"].size(2) for p in parts)
+
+    def pad(x, size, value=0):
+        return torch.nn.functional.pad(x, (0, size - x.size(-1)), value=value)
+    batch = dict(input_ids=torch.cat([pad(p["input_ids"], width) for p in parts]),
+                 attention_mask=torch.cat([pad(p["attention_mask"], width) for p in parts]),
+                 input_features=torch.cat([pad(p["input_features"], frames) for p in parts]),
+                 feature_attention_mask=torch.cat([pad(p["feature_attention_mask"], frames)
+                                                   for p in parts]))
+    labels = sft_labels(batch, 64).masked_fill(batch["attention_mask"] == 0, -100)
+    return batch, labels
+
+
+def bench_packed(pm, n_lm: int, size: str, device: str, reps: int, dtype) -> list[dict]:
+    """One SFT step on a batch of mixed lengths: padded (stock) against packed into one row
+    (``fast.sft.padding_free``), both with the chunked loss; tokens/s counts real tokens."""
+    from audsemthinker.train.lm_loss import chunked_lm_loss
+    from audsemthinker.train.packing import pack_batch
+
+    batch, labels = mixed_batch(SIZES[size]["sft_batch"], device, dtype)
+    packed = pack_batch({**batch, "labels": labels})
+    packed_labels = packed.pop("labels")
+    real = int(batch["attention_mask"].sum())
+    pm.train()
+    rows, losses = [], {}
+    for name, (inputs, target) in {
+            "stock: padded batch": (batch, labels),
+            "ours: packed, no padding (fast.sft.padding_free)": (packed, packed_labels)}.items():
+        def step(inputs=inputs, target=target):
+            loss = chunked_lm_loss(pm, inputs, target)
+            loss.backward()
+            pm.zero_grad(set_to_none=True)
+            return loss.detach().item()
+        mem: dict = {}
+        with peak_memory(device, mem):
+            t, loss = timed(step, device, warm=1, reps=reps)
+        losses[name] = loss
+        rows.append(dict(phase=f"SFT step, mixed lengths ({real} of "
+                         f"{batch['input_ids'].numel()} tokens real)", path=name, seconds=t,
+                         tok_per_s=real / t, tflops=4 * n_lm * real / t / 1e12,
+                         peak_gib=mem["peak_gib"], loss=loss))
+    print(f"padded / packed losses (must agree): {losses}", flush=True)
+    return rows
+
+
+def bench_compiled(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[dict]:
+    """The SFT step with every decoder layer compiled (``fast.sft.compile_layers``) against the
+    same loss eager. Run last: the layers stay compiled afterwards."""
+    from audsemthinker.model.compile import compile_decoder_layers
+    from audsemthinker.train.lm_loss import chunked_lm_loss
+
+    s = SIZES[size]
+    batch = make_batch(s["sft_batch"], s["seconds"], 64, 192, device, dtype)
+    labels = sft_labels(batch, 64)
+    tokens = batch["input_ids"].numel()
+    pm.train()
+
+    def step():
+        loss = chunked_lm_loss(pm, batch, labels)
+        loss.backward()
+        pm.zero_grad(set_to_none=True)
+        return loss.detach().item()
+    rows = []
+    for name in ("stock: eager layers (chunked CE)", "ours: compiled layers "
+                 "(fast.sft.compile_layers, chunked CE)"):
+        if name.startswith("ours"):
+            t0 = time.perf_counter()
+            compile_decoder_layers(pm)
+            step()
+            sync(device)
+            print(f"compiled layers: first step {time.perf_counter() - t0:.0f} s", flush=True)
+        mem: dict = {}
+        with peak_memory(device, mem):
+            t, loss = timed(step, device, warm=1, reps=reps)
+        rows.append(dict(phase="SFT step, compiled", path=name, seconds=t,
+                         tok_per_s=tokens / t, tflops=4 * n_lm * tokens / t / 1e12,
+                         peak_gib=mem["peak_gib"], loss=loss))
+    print(f"eager / compiled losses (must agree): {[r['loss'] for r in rows]}", flush=True)
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # Rollouts and the GRPO step
 # --------------------------------------------------------------------------------------------
@@ -349,19 +436,20 @@ def rewards_of(completions: torch.Tensor, tokenizer, reward_funcs) -> list[float
     return [sum(v) for v in zip(*per)]
 
 
-def loop_variants(device: str) -> dict[str, dict | None]:
+def loop_variants(compiled: bool) -> dict[str, dict | None]:
     """Rollout paths of ours, by row label: ``generate``, then our decode loop's variants.
 
     The first whose loop runs here is the one the GRPO step uses (the trainer's default)."""
     out = {"merged LoRA + audio dedup, HF generate": None,
            "+ shared-prefill decode loop (fast default)": dict(),
            "+ decode loop, static cache": dict(static_cache=True)}
-    if device.startswith("cuda"):  # CUDA graphs; on CPU compile would only cost time here
+    if compiled:  # CUDA graphs (default on CUDA; on CPU compiling only costs time)
         out["+ decode loop, static cache + torch.compile"] = dict(static_cache=True, compile=True)
     return out
 
 
-def rollout_rows(pm, prompt: dict, shape: tuple, snapshot, device: str, reps: int):
+def rollout_rows(pm, prompt: dict, shape: tuple, snapshot, device: str, reps: int,
+                 compiled: bool):
     """The rollout timed for each of our paths (LoRA merged, clips encoded once); returns the
     rows and the completions of the trainer's default path (None if the loop cannot run)."""
     from audsemthinker.train.decode import decode_blocker
@@ -369,7 +457,7 @@ def rollout_rows(pm, prompt: dict, shape: tuple, snapshot, device: str, reps: in
 
     P, G, T = shape
     rows, default = [], None
-    for label, loop in loop_variants(device).items():
+    for label, loop in loop_variants(compiled).items():
         if loop is not None:
             why = decode_blocker(pm, sampling_config(T))
             if why:
@@ -403,14 +491,15 @@ def fast_paths(pm, on: bool):
 
 
 def grpo_arm(pm, on: bool, prompt: dict, shape: tuple, snapshot, tokenizer, funcs,
-             device: str, reps: int, micro: int) -> list[dict]:
+             device: str, reps: int, micro: int, compiled: bool) -> list[dict]:
     """One arm (stock or ours): the rollout timed alone, then a GRPO step phase by phase."""
     P, G, T = shape
     arm = "ours" if on else "stock"
     rows = []
     with fast_paths(pm, on) as fast:
         if on:
-            rows, (t_gen, completions) = rollout_rows(pm, prompt, shape, snapshot, device, reps)
+            rows, (t_gen, completions) = rollout_rows(pm, prompt, shape, snapshot, device, reps,
+                                                      compiled)
         else:
             def rollout():
                 pm.eval()
@@ -457,7 +546,8 @@ def step_rows(path: str, phases: dict, peak) -> list[dict]:
                         peak_gib=peak)]
 
 
-def bench_grpo(pm, size: str, device: str, dtype, reps: int, micro: int) -> list[dict]:
+def bench_grpo(pm, size: str, device: str, dtype, reps: int, micro: int,
+               compiled: bool) -> list[dict]:
     """Rollout alone, then one GRPO step split into its phases; stock vs ours."""
     from audsemthinker.model.tiny import build_tiny_tokenizer
     from audsemthinker.rewards import build_rewards
@@ -469,7 +559,8 @@ def bench_grpo(pm, size: str, device: str, dtype, reps: int, micro: int) -> list
         dict(name="accuracy", mode="option"), dict(name="format", variant="semantic", value=0.5),
         dict(name="length", shape="linear", budget=25, alpha=0.1, delta=0.5)])
     snapshot = LoraSnapshot(pm)
-    args = (prompt, shape, snapshot, build_tiny_tokenizer(), funcs, device, reps, micro)
+    args = (prompt, shape, snapshot, build_tiny_tokenizer(), funcs, device, reps, micro,
+            compiled)
     return grpo_arm(pm, False, *args) + grpo_arm(pm, True, *args)
 
 
@@ -509,6 +600,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--micro", type=int, default=8, help="rows per log-prob micro-batch")
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--only", choices=("sft", "grpo"), default=None)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="the compiled rows (SFT layers; static-cache decode): default on CUDA")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = args.size or ("7b" if device == "cuda" else "cpu")
@@ -528,10 +621,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"built in {time.perf_counter() - t0:.0f} s; LM parameters N = {n_lm / 1e9:.3f}B",
           flush=True)
     rows = []
+    compiled = args.compile if args.compile is not None else device == "cuda"
     if args.only in (None, "sft"):
         rows += bench_sft(pm, n_lm, size, device, dtype, reps)
+        rows += bench_packed(pm, n_lm, size, device, reps, dtype)
     if args.only in (None, "grpo"):
-        rows += bench_grpo(pm, size, device, dtype, reps, args.micro)
+        rows += bench_grpo(pm, size, device, dtype, reps, args.micro, compiled)
+    if args.only in (None, "sft") and compiled:  # last: the layers stay compiled
+        rows += bench_compiled(pm, n_lm, size, device, dtype, reps)
     text = table(rows)
     print("\n" + head + "\n\n" + text, flush=True)
     result = dict(header=head, rows=rows, table=text)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from test_sft import ROOT
 
 
@@ -29,6 +31,9 @@ def test_train_speed_bench_runs_and_its_loss_paths_agree(tmp_path, monkeypatch):
     # The SFT loss paths (full logits, TRL's fused head, our chunks) compute one number.
     losses = [r["loss"] for r in rows if r["phase"] == "SFT step"]
     assert len(losses) == 3 and max(losses) - min(losses) < 1e-5 * abs(losses[0])
+    # Packing a batch of mixed lengths into one row changes no loss.
+    packed = [r for r in rows if r["phase"].startswith("SFT step, mixed lengths")]
+    assert len(packed) == 2 and packed[0]["loss"] == pytest.approx(packed[1]["loss"], rel=1e-5)
     # The rollout: stock, and ours with generate and with the decode loop (two cache kinds).
     paths = sorted(r["path"] for r in rows if r["phase"] == "rollout 2x2x4")
     assert paths == ["ours: + decode loop, static cache",

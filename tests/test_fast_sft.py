@@ -257,3 +257,44 @@ def test_auto_is_the_real_models_default_and_unknown_names_fail(tmp_path):
     assert cfg.model.attn_implementation == "auto"
     with pytest.raises(ValueError, match="attn_implementation"):
         resolve_attn_implementation("flash")
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled decoder layers
+# --------------------------------------------------------------------------------------------
+def test_compiled_layers_give_the_eager_loss_and_gradients_without_recompiling(
+        tmp_path, tiny_full_dir, pitch_data):
+    from audsemthinker.model.compile import compile_decoder_layers, decoder_layers
+
+    torch.set_num_threads(1)
+    trainer, info = _trainer(tmp_path, tiny_full_dir, pitch_data, "tiny",
+                             "fast.sft.compile_layers=true", "model.dtype=float32")
+    layers = decoder_layers(trainer.model)
+    assert len(layers) > 1 and all(layer._compiled_call_impl is not None for layer in layers)
+    # The same on a fresh model with a backend that counts graphs (inductor is too slow here).
+    eager, info = _trainer(tmp_path / "eager", tiny_full_dir, pitch_data, "tiny",
+                           "model.dtype=float32")
+    model, collator, rows = eager.model, info["collator"], info["rows"]["train"]
+    model.train()
+    batches = [collator(rows[0:2]), collator(rows[2:5])]  # two sequence lengths
+    assert batches[0]["input_ids"].shape[1] != batches[1]["input_ids"].shape[1]
+
+    def loss(m, b, n):
+        return stock_lm_loss(m, {k: v for k, v in b.items() if k != "labels"}, b["labels"],
+                             num_items_in_batch=n)
+
+    want_loss, want = _accumulated(model, loss, batches)
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    assert compile_decoder_layers(model, backend=counting) == len(layers)
+    got_loss, got = _accumulated(model, loss, batches)
+    # one graph per layer (each traces its own layer_idx), reused for the second length
+    assert len(graphs) == len(layers)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5)

@@ -25,6 +25,12 @@ class SFTFast:
     """Label tokens per cross-entropy chunk (peak extra memory ~ chunk x vocab x 4 bytes)."""
     length_grouped: bool = False
     """Batch rows of similar length together, so less of each batch is padding."""
+    compile_layers: bool = False
+    """``torch.compile`` each decoder layer (regional, dynamic shapes: compiled in the first
+    step, never again for new lengths), fusing the norm / rotary / SwiGLU / LoRA element-wise
+    work. Exact to
+    float rounding. Off until timed on a GPU (``bench/train_speed.py`` has the row): the first
+    step pays the compilation."""
     padding_free: bool = False
     """Train on packed batches: the rows of a batch concatenated into one row without padding
     (``train/packing.py``), the row boundaries given by ``position_ids``. Exact (same loss and

@@ -203,6 +203,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         FileNotFoundError: no training rows at ``data.out_dir``.
     """
     from audsemthinker.data.collate import AudioCollator
+    from audsemthinker.model.compile import compile_decoder_layers
     from audsemthinker.model.lora import count_trainable
     from audsemthinker.train.fast import fast_settings
     from audsemthinker.train.packing import PackingCollator, check_packable
@@ -220,6 +221,9 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     model, processor = load_model(cfg)
     if fast.padding_free:
         check_packable(model)
+    if fast.compile_layers:
+        n = compile_decoder_layers(model)
+        log.info("fast.sft.compile_layers: %d decoder layers compiled", n)
     collator = AudioCollator(processor, pad_side="right", max_length=args.max_length,
                              audio_override=audio_override,
                              skip_log=run_dir / SKIP_LOG)

@@ -275,3 +275,4 @@ def fast_trainer_kwargs(fast, rows: Sequence[Mapping], tokenizer) -> dict:
                         "their audio is not counted in their length", missing, len(rows))
         kwargs["row_lengths"] = lengths
     return kwargs
+
