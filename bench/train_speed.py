@@ -203,6 +203,22 @@ def trl_fused_loss(model, batch: dict, labels: torch.Tensor) -> torch.Tensor:
     return -logp.sum() / mask.sum()
 
 
+def sft_step_row(pm, loss_fn, phase: str, path: str, tokens: int, n_lm: int, device: str,
+                 reps: int) -> dict:
+    """Time one fwd+bwd of ``loss_fn()`` (median of ``reps`` after a warm-up): a table row with
+    tokens/s and TFLOP/s over ``tokens`` (4N per token), peak GiB and the loss."""
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        pm.zero_grad(set_to_none=True)
+        return loss.detach().item()
+    mem: dict = {}
+    with peak_memory(device, mem):
+        t, loss = timed(step, device, warm=1, reps=reps)
+    return dict(phase=phase, path=path, seconds=t, tok_per_s=tokens / t,
+                tflops=4 * n_lm * tokens / t / 1e12, peak_gib=mem["peak_gib"], loss=loss)
+
+
 def bench_sft(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[dict]:
     """One LoRA fwd+bwd step: stock (full logits), TRL's fused head, ours (chunked CE)."""
     from audsemthinker.train.lm_loss import chunked_lm_loss, stock_lm_loss
@@ -221,21 +237,9 @@ def bench_sft(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[d
         paths["TRL 1.16 fused LM head (trl.kernels)"] = lambda: trl_fused_loss(pm, batch, labels)
     except ImportError:
         print("trl not importable: the fused-LM-head row is left out", flush=True)
-    rows, losses = [], {}
-    for name, loss_fn in paths.items():
-        def step(loss_fn=loss_fn):
-            loss = loss_fn()
-            loss.backward()
-            pm.zero_grad(set_to_none=True)
-            return loss.detach().item()
-        mem: dict = {}
-        with peak_memory(device, mem):
-            t, loss = timed(step, device, warm=1, reps=reps)
-        losses[name] = loss
-        rows.append(dict(phase="SFT step", path=name, seconds=t, tok_per_s=tokens / t,
-                         tflops=4 * n_lm * tokens / t / 1e12, peak_gib=mem["peak_gib"],
-                         loss=loss))
-    print(f"SFT losses (must agree): {losses}", flush=True)
+    rows = [sft_step_row(pm, loss_fn, "SFT step", name, tokens, n_lm, device, reps)
+            for name, loss_fn in paths.items()]
+    print(f"SFT losses (must agree): {[r['loss'] for r in rows]}", flush=True)
     return rows
 
 
@@ -269,24 +273,14 @@ def bench_packed(pm, n_lm: int, size: str, device: str, reps: int, dtype) -> lis
     packed_labels = packed.pop("labels")
     real = int(batch["attention_mask"].sum())
     pm.train()
-    rows, losses = [], {}
-    for name, (inputs, target) in {
-            "stock: padded batch": (batch, labels),
-            "ours: packed, no padding (fast.sft.padding_free)": (packed, packed_labels)}.items():
-        def step(inputs=inputs, target=target):
-            loss = chunked_lm_loss(pm, inputs, target)
-            loss.backward()
-            pm.zero_grad(set_to_none=True)
-            return loss.detach().item()
-        mem: dict = {}
-        with peak_memory(device, mem):
-            t, loss = timed(step, device, warm=1, reps=reps)
-        losses[name] = loss
-        rows.append(dict(phase=f"SFT step, mixed lengths ({real} of "
-                         f"{batch['input_ids'].numel()} tokens real)", path=name, seconds=t,
-                         tok_per_s=real / t, tflops=4 * n_lm * real / t / 1e12,
-                         peak_gib=mem["peak_gib"], loss=loss))
-    print(f"padded / packed losses (must agree): {losses}", flush=True)
+    phase = f"SFT step, mixed lengths ({real} of {batch['input_ids'].numel()} tokens real)"
+    rows = [sft_step_row(pm, lambda i=inputs, t=target: chunked_lm_loss(pm, i, t), phase, name,
+                         real, n_lm, device, reps)
+            for name, (inputs, target) in {
+                "stock: padded batch": (batch, labels),
+                "ours: packed, no padding (fast.sft.padding_free)": (packed, packed_labels),
+            }.items()]
+    print(f"padded / packed losses (must agree): {[r['loss'] for r in rows]}", flush=True)
     return rows
 
 
@@ -302,26 +296,19 @@ def bench_compiled(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> l
     tokens = batch["input_ids"].numel()
     pm.train()
 
-    def step():
-        loss = chunked_lm_loss(pm, batch, labels)
-        loss.backward()
-        pm.zero_grad(set_to_none=True)
-        return loss.detach().item()
-    rows = []
-    for name in ("stock: eager layers (chunked CE)", "ours: compiled layers "
-                 "(fast.sft.compile_layers, chunked CE)"):
-        if name.startswith("ours"):
-            t0 = time.perf_counter()
-            compile_decoder_layers(pm)
-            step()
-            sync(device)
-            print(f"compiled layers: first step {time.perf_counter() - t0:.0f} s", flush=True)
-        mem: dict = {}
-        with peak_memory(device, mem):
-            t, loss = timed(step, device, warm=1, reps=reps)
-        rows.append(dict(phase="SFT step, compiled", path=name, seconds=t,
-                         tok_per_s=tokens / t, tflops=4 * n_lm * tokens / t / 1e12,
-                         peak_gib=mem["peak_gib"], loss=loss))
+    def loss_fn():
+        return chunked_lm_loss(pm, batch, labels)
+    rows = [sft_step_row(pm, loss_fn, "SFT step, compiled", "stock: eager layers (chunked CE)",
+                         tokens, n_lm, device, reps)]
+    t0 = time.perf_counter()
+    compile_decoder_layers(pm)
+    loss_fn().backward()
+    pm.zero_grad(set_to_none=True)
+    sync(device)
+    print(f"compiled layers: first step {time.perf_counter() - t0:.0f} s", flush=True)
+    rows.append(sft_step_row(pm, loss_fn, "SFT step, compiled",
+                             "ours: compiled layers (fast.sft.compile_layers, chunked CE)",
+                             tokens, n_lm, device, reps))
     print(f"eager / compiled losses (must agree): {[r['loss'] for r in rows]}", flush=True)
     return rows
 
