@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 ACCEL ?= configs/accelerate/single_gpu.yaml
 
-.PHONY: help install test test-fast lint pipeline build-data sft grpo eval reproduce bench clean
+.PHONY: help install test test-fast lint pipeline build-data sft grpo eval reproduce bench gpu-wheels clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,15 @@ reproduce: $(STAMP)  ## paper tables from result files
 bench: $(STAMP)  ## benchmarks against the stock path: data pipeline; SFT, rollout, GRPO step (7B shape on CUDA, CPU size otherwise)
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/train_speed.py
+
+# A bare GPU box (no network) has torch/transformers/peft but an older transformers and no trl:
+# these pure-Python wheels give bench/train_speed.py the pinned versions there (see README, Speed).
+# trl's kernel imports datasets (and it dill and multiprocess) in its backward pass.
+gpu-wheels: $(STAMP)  ## download the wheels the GPU bench carries (.whl/): transformers, trl, datasets
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl \
+		$$($(BIN)/python -c "from importlib.metadata import version as v; print(' '.join(\
+		f'{p}=={v(p)}' for p in ('transformers', 'trl', 'datasets', 'dill', 'multiprocess')))")
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf outputs multirun .cache

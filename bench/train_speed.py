@@ -232,11 +232,12 @@ def bench_sft(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[d
              lambda: stock_lm_loss(pm, batch, labels),
              "ours: chunked CE (fast.sft.chunked_ce)":
              lambda: chunked_lm_loss(pm, batch, labels, chunk_tokens=2048)}
-    try:
+    try:  # the kernel's backward imports trl.trainer.utils, which needs datasets
         import trl.kernels  # noqa: F401
+        import trl.trainer.utils  # noqa: F401
         paths["TRL 1.16 fused LM head (trl.kernels)"] = lambda: trl_fused_loss(pm, batch, labels)
-    except ImportError:
-        print("trl not importable: the fused-LM-head row is left out", flush=True)
+    except ImportError as e:
+        print(f"trl not importable ({e}): the fused-LM-head row is left out", flush=True)
     rows = [sft_step_row(pm, loss_fn, "SFT step", name, tokens, n_lm, device, reps)
             for name, loss_fn in paths.items()]
     print(f"SFT losses (must agree): {[r['loss'] for r in rows]}", flush=True)
