@@ -10,7 +10,6 @@ import json
 import sys
 
 import pytest
-
 from test_sft import ROOT
 
 
