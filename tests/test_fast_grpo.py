@@ -269,13 +269,13 @@ def test_fast_and_stock_trainer_give_the_same_first_step(tmp_path, tiny_full_dir
                                       audio_cache=False, decode_loop=False,
                                       shared_prompt=False, group_batches=False))
     assert fast._lora_snapshot is not None and stock._lora_snapshot is None
-    assert fast.decode_loop_calls > 0 and stock.decode_loop_calls == 0
+    assert fast.decode_loop_stats["calls"] > 0 and stock.decode_loop_stats["calls"] == 0
     assert stock.audio_dedup is None
     assert fast.audio_dedup.rows_encoded < fast.audio_dedup.rows_in
     assert fast.audio_cache.hits > 0
     # Scored with each prompt run once: the old-policy and reference passes (4 rows, 2 prompts)
     # and, as micro-batches hold one prompt's 2 rows (group_batches), the step's 2 policy passes.
-    assert fast.group_off_reason is None
+    assert fast.fast_off == {}
     assert fast.shared_prompt_stats == {"passes": 4, "rows": 12, "prompt_forwards": 6}
     assert stock.shared_prompt_stats["passes"] == 0
     for key in ("reward", "rewards/_reward/mean", "reward_std", "loss", "kl", "grad_norm",
@@ -286,7 +286,7 @@ def test_fast_and_stock_trainer_give_the_same_first_step(tmp_path, tiny_full_dir
 
 def test_shared_prompt_scoring_leaves_the_checkpointed_policy_pass_to_trl(
         tmp_path, tiny_full_dir, tiny_processor, caplog):
-    with caplog.at_level(logging.INFO, logger="audsemthinker.train.grpo_audio"):
+    with caplog.at_level(logging.INFO, logger="audsemthinker.train.grpo_fast"):
         trainer, _ = _run(tmp_path / "gc", tiny_full_dir, tiny_processor, GRPOFast(),
                           gradient_checkpointing=True)
     # old-policy + reference passes shared (no gradients), the policy passes not
@@ -294,7 +294,7 @@ def test_shared_prompt_scoring_leaves_the_checkpointed_policy_pass_to_trl(
     reasons = [r.message for r in caplog.records if "fast.grpo.shared_prompt" in r.message]
     assert len(reasons) == 1 and "gradient checkpointing" in reasons[0]
     # and the micro-batches keep TRL's row shuffle: grouping them would not help
-    assert "gradient checkpointing" in trainer.group_off_reason
+    assert "gradient checkpointing" in trainer.fast_off["group_batches"]
 
 
 @pytest.mark.parametrize("choice, on", [("default", True), ("stock", False)])
@@ -310,7 +310,7 @@ def test_the_fast_config_group_reaches_the_trainer(tmp_path, tiny_full_dir, choi
     assert trainer.fast == GRPOFast(merged_rollouts=on, audio_dedup=on, audio_cache=on,
                                     decode_loop=on, shared_prompt=on, group_batches=on)
     assert (trainer.audio_dedup is not None, trainer.audio_cache is not None) == (on, on)
-    assert trainer.merge_off_reason is None
+    assert trainer.fast_off == {}
 
 
 @pytest.mark.parametrize("grpo, ok", [
@@ -348,6 +348,36 @@ def test_group_batches_only_where_the_gradient_is_unchanged(tmp_path, tiny_full_
                                train_dataset=Dataset.from_list(tone_rows(tmp_path, 2)),
                                processing_class=tiny_processor)
     if reason is None:
-        assert trainer.group_off_reason is None
+        assert "group_batches" not in trainer.fast_off
     else:
-        assert reason in trainer.group_off_reason
+        assert reason in trainer.fast_off["group_batches"]
+
+
+def _setup(**kw):
+    from audsemthinker.train.grpo_fast import Setup
+
+    base = dict(sharded=False, wrapped=False, lora=True, checkpointing=False, loss_type="grpo",
+                steps_per_generation=2, gradient_accumulation_steps=2)
+    return Setup(**{**base, **kw})
+
+
+@pytest.mark.parametrize("setup, fast, off", [
+    (dict(), {}, {}),
+    (dict(sharded=True), {}, {"merged_rollouts": "ZeRO-3/FSDP", "decode_loop": "ZeRO-3/FSDP"}),
+    (dict(lora=False), {}, {"merged_rollouts": "full fine-tuning"}),
+    (dict(checkpointing=True), {}, {"group_batches": "gradient checkpointing"}),
+    (dict(wrapped=True), {}, {"group_batches": "DDP/DeepSpeed/FSDP wrapper"}),
+    (dict(loss_type="bnpo"), {}, {"group_batches": "bnpo"}),
+    (dict(loss_type="dapo"), {}, {}),
+    (dict(steps_per_generation=4), {}, {"group_batches": "several optimizer steps"}),
+    (dict(), dict(shared_prompt=False), {"group_batches": "shared_prompt is off"}),
+    # a switch that is off has no reason to be off
+    (dict(sharded=True, checkpointing=True),
+     dict(merged_rollouts=False, decode_loop=False, group_batches=False), {})])
+def test_off_reasons_name_each_switch_that_cannot_run(setup, fast, off):
+    from audsemthinker.train.grpo_fast import off_reasons
+
+    got = off_reasons(GRPOFast(**fast), _setup(**setup))
+    assert got.keys() == off.keys()
+    for switch, words in off.items():
+        assert words in got[switch]

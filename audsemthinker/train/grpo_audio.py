@@ -26,8 +26,15 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS, audio_tokens_for_frames
-from audsemthinker.train.decode import decode_blocker, sample_shared
 from audsemthinker.train.fast import GRPOFast
+from audsemthinker.train.grpo_fast import (
+    Setup,
+    generate_replaced,
+    grouped_shuffle,
+    log_once,
+    loop_generate,
+    off_reasons,
+)
 from audsemthinker.train.prefix_share import shared_prompt_blocker
 from audsemthinker.train.rollout import (
     AudioEncodingCache,
@@ -37,11 +44,7 @@ from audsemthinker.train.rollout import (
     merged_lora,
     same_tower,
 )
-from audsemthinker.train.shared_scoring import (
-    group_shuffle,
-    head_unsupported,
-    shared_logps_and_entropies,
-)
+from audsemthinker.train.shared_scoring import head_unsupported, shared_logps_and_entropies
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +139,15 @@ class AudioGRPOTrainer(GRPOTrainer):
       ``fast.grpo.shared_prompt`` it first tries ``shared_scoring.shared_logps_and_entropies``
       (each prompt run once, TRL's own log-prob kernel as the head), where the pass allows it.
     - ``_prepare_inputs`` (private): with ``fast.grpo.group_batches``, TRL's own method with its
-      row shuffle replaced by ``shared_scoring.group_shuffle`` (prompt groups stay together).
+      row shuffle swapped for a prompt-group shuffle (``grpo_fast.grouped_shuffle``).
     - ``_generate_single_turn`` (private): with ``fast.grpo.merged_rollouts``, runs TRL's own
       generation with the LoRA merged into the base weights (``rollout.merged_lora``; the base
       is restored bit-exactly from a snapshot taken at the first rollout). It is the narrowest
       method around ``generate`` only: the log-prob passes and the reward calls stay outside.
       Off under ZeRO-3 and FSDP (sharded weights) and for full fine-tuning. With
       ``fast.grpo.decode_loop`` the ``generate`` call inside it runs ``decode.sample_shared``
-      (each prompt prefilled once), also off under ZeRO-3 and FSDP.
+      (each prompt prefilled once; ``grpo_fast.generate_replaced``), also off under ZeRO-3 and
+      FSDP. Which switches cannot run here, and why, is ``grpo_fast.off_reasons``.
     - ``_save`` (private, ``transformers.Trainer``): ``ProcessorMixin.save_pretrained`` refuses
       our video-less processor, so the Trainer saves the tokenizer and we write the other
       processor files (``save_processor``) beside it.
@@ -212,7 +216,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._setup_fast(fast if fast is not None else GRPOFast())
 
     # ---------------------------------------------------------------------------------------
-    # Fast paths (issue 8): merged-LoRA rollouts, one audio encoding per clip
+    # Fast paths (issue 8): the decisions and swaps live in grpo_fast.py
     # ---------------------------------------------------------------------------------------
     def _setup_fast(self, fast: GRPOFast) -> None:
         """Install the ``fast.grpo`` paths that apply here; log why any is off.
@@ -220,26 +224,18 @@ class AudioGRPOTrainer(GRPOTrainer):
         ``audio_cache`` works inside the dedup wrapper, so it installs that wrapper too.
         """
         self.fast = fast
+        args = self.args
+        self.fast_off = off_reasons(fast, Setup(
+            sharded=self._dist.is_zero3 or self.is_fsdp_enabled,
+            wrapped=self.accelerator.num_processes > 1 or self.is_deepspeed_enabled
+            or self.is_fsdp_enabled,
+            lora=bool(lora_layers(self.model)), checkpointing=bool(args.gradient_checkpointing),
+            loss_type=self.loss_type, steps_per_generation=args.steps_per_generation,
+            gradient_accumulation_steps=args.gradient_accumulation_steps))
         self.shared_prompt_stats = {"passes": 0, "rows": 0, "prompt_forwards": 0}
-        self._shared_off_logged: set[str] = set()
+        self.decode_loop_stats = {"calls": 0}
+        self._logged: set[str] = set()
         self._lora_snapshot: LoraSnapshot | None = None
-        self.merge_off_reason = None
-        if fast.merged_rollouts:
-            if self._dist.is_zero3 or self.is_fsdp_enabled:
-                self.merge_off_reason = "ZeRO-3/FSDP shard the weights"
-            elif not lora_layers(self.model):
-                self.merge_off_reason = "no LoRA adapter (full fine-tuning)"
-            if self.merge_off_reason:
-                log.info("fast.grpo.merged_rollouts off: %s", self.merge_off_reason)
-        self.decode_off_reason = None
-        self.decode_loop_calls = 0
-        self._decode_off_logged: set[str] = set()
-        if fast.decode_loop and (self._dist.is_zero3 or self.is_fsdp_enabled):
-            self.decode_off_reason = "ZeRO-3/FSDP shard the weights"
-            log.info("fast.grpo.decode_loop off: %s", self.decode_off_reason)
-        self.group_off_reason = self._group_batches_blocker() if fast.group_batches else None
-        if self.group_off_reason:
-            log.info("fast.grpo.group_batches off: %s", self.group_off_reason)
         self.audio_cache = AudioEncodingCache() if fast.audio_cache else None
         self.audio_dedup = None
         if fast.audio_dedup or fast.audio_cache:
@@ -252,83 +248,26 @@ class AudioGRPOTrainer(GRPOTrainer):
                     not self._dist.is_zero3 and same_tower(self.model, ref) else None
                 install_audio_dedup(ref, shared)
 
-    def _group_batches_blocker(self) -> str | None:
-        """Why ``fast.grpo.group_batches`` would not help or not be exact here (None: use it)."""
-        args = self.args
-        if not self.fast.shared_prompt:
-            return "shared_prompt is off"
-        if args.gradient_checkpointing:
-            return "gradient checkpointing: the policy pass cannot share a prompt cache"
-        if self.accelerator.num_processes > 1 or self.is_deepspeed_enabled \
-                or self.is_fsdp_enabled:
-            return "the policy pass runs through a DDP/DeepSpeed/FSDP wrapper"
-        if self.loss_type == "bnpo":
-            return "loss_type bnpo normalises per micro-batch"
-        if args.steps_per_generation != args.gradient_accumulation_steps:
-            return "a generation batch spans several optimizer steps"
-        return None
+    def _fast_on(self, switch: str) -> bool:
+        return getattr(self.fast, switch) and switch not in self.fast_off
 
     def _prepare_inputs(self, generation_batch):
-        if not self.fast.group_batches or self.group_off_reason:
+        with grouped_shuffle() if self._fast_on("group_batches") else contextlib.nullcontext():
             return super()._prepare_inputs(generation_batch)
-        import trl.trainer.grpo_trainer as trl_grpo  # TRL calls its module's shuffle by name
-
-        keys = ("prompt_ids", "prompt_mask", "input_features", "feature_attention_mask")
-        row_shuffle = trl_grpo.shuffle_sequence_dict
-        trl_grpo.shuffle_sequence_dict = \
-            lambda d: group_shuffle(d, tuple(k for k in keys if k in d))
-        try:
-            return super()._prepare_inputs(generation_batch)
-        finally:
-            trl_grpo.shuffle_sequence_dict = row_shuffle
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
                               has_tool_images=False):
         model = self.accelerator.unwrap_model(self.model_wrapped)
         with contextlib.ExitStack() as stack:
-            if self.fast.merged_rollouts and not self.merge_off_reason:
+            if self._fast_on("merged_rollouts"):
                 if self._lora_snapshot is None:  # first rollout: after any checkpoint loaded
                     self._lora_snapshot = LoraSnapshot(model)
                 stack.enter_context(merged_lora(model, self._lora_snapshot))
-            if self.fast.decode_loop and not self.decode_off_reason:
-                stack.enter_context(self._decode_loop(model))
+            if self._fast_on("decode_loop"):
+                stack.enter_context(generate_replaced(model, loop_generate(
+                    model, self.fast, self._logged, self.decode_loop_stats)))
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields,
                                                  num_generations, has_tool_images)
-
-    @contextlib.contextmanager
-    def _decode_loop(self, model):
-        """``fast.grpo.decode_loop``: TRL's ``unwrapped_model.generate(...)`` call, inside
-        TRL's own generation method, runs ``decode.sample_shared`` instead (an attribute on the
-        instance, removed after). A call the loop cannot serve goes to ``generate``, logged once
-        per reason."""
-        def generate(input_ids, attention_mask, generation_config, input_features=None,
-                     feature_attention_mask=None, **other):
-            reason = (f"generate arguments {sorted(other)}" if other else
-                      decode_blocker(model, generation_config))
-            if reason:
-                if reason not in self._decode_off_logged:
-                    self._decode_off_logged.add(reason)
-                    log.info("fast.grpo.decode_loop: this rollout uses generate (%s)", reason)
-                extra = {} if input_features is None else dict(
-                    input_features=input_features, feature_attention_mask=feature_attention_mask)
-                return type(model).generate(model, input_ids=input_ids,
-                                            attention_mask=attention_mask,
-                                            generation_config=generation_config, **extra, **other)
-            self.decode_loop_calls += 1
-            return sample_shared(model, input_ids, attention_mask, generation_config,
-                                 input_features=input_features,
-                                 feature_attention_mask=feature_attention_mask,
-                                 static_cache=self.fast.static_cache,
-                                 compile=self.fast.compile_decode)
-
-        before = model.__dict__.get("generate")  # an instance attribute someone else set
-        model.generate = generate
-        try:
-            yield
-        finally:
-            del model.generate
-            if before is not None:
-                model.generate = before
 
     def _prepare_ref_model(self, ref):
         """What TRL's constructor does to the reference it loads itself (trl 1.16.0)."""
@@ -472,10 +411,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             reason = "ZeRO-3/FSDP shard the weights"
         reason = reason or shared_prompt_blocker(model) or head_unsupported(model)
         if reason:
-            if reason not in self._shared_off_logged:
-                self._shared_off_logged.add(reason)
-                log.info("fast.grpo.shared_prompt: this pass uses TRL's forward (%s)",
-                         reason.splitlines()[0])
+            log_once(self._logged, "shared_prompt", "this pass uses TRL's forward", reason)
             return None
         with self.accelerator.autocast():
             out = shared_logps_and_entropies(

@@ -1,0 +1,132 @@
+"""Where ``AudioGRPOTrainer`` plugs the ``fast.grpo`` paths into TRL 1.16 (issue 8).
+
+The paths themselves live in ``rollout.py`` (merged LoRA, audio dedup and cache), ``decode.py``
+(the rollout loop) and ``shared_scoring.py`` (one forward per prompt). This module holds the
+decisions and the two narrow swaps the trainer makes around TRL's own methods:
+
+- :func:`off_reasons`: which switches cannot run (or would not be exact) in this setup, and why;
+  a pure function of the setup, so every rule is tested without a trainer;
+- :func:`generate_replaced`: inside TRL's ``_generate_single_turn``, the call
+  ``unwrapped_model.generate(...)`` goes to our decode loop (an instance attribute on the model
+  for the duration; whatever was there before is restored);
+- :func:`grouped_shuffle`: inside TRL's ``_prepare_inputs``, the module-level
+  ``shuffle_sequence_dict`` it calls shuffles whole prompt groups instead of rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from audsemthinker.train.decode import decode_blocker, sample_shared
+from audsemthinker.train.fast import GRPOFast
+from audsemthinker.train.shared_scoring import group_shuffle
+
+log = logging.getLogger(__name__)
+
+GROUP_KEYS = ("prompt_ids", "prompt_mask", "input_features", "feature_attention_mask")
+"""The generation-batch entries that identify a prompt group (text and clip)."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What decides whether a fast path can run: read once from the trainer."""
+
+    sharded: bool  # ZeRO-3 or FSDP: the weights are shards on each rank
+    wrapped: bool  # the policy's training forward goes through DDP / DeepSpeed / FSDP
+    lora: bool  # the policy has LoRA layers
+    checkpointing: bool  # gradient checkpointing in the policy pass
+    loss_type: str
+    steps_per_generation: int
+    gradient_accumulation_steps: int
+
+
+def off_reasons(fast: GRPOFast, setup: Setup) -> dict[str, str]:
+    """Switch name -> why it is off here, for the switches that are on but cannot run.
+
+    ``audio_dedup``, ``audio_cache``, ``shared_prompt`` and the decode loop's own generation
+    settings are decided per call (by the data and the generation config), not here.
+    """
+    out = {}
+    if fast.merged_rollouts and (setup.sharded or not setup.lora):
+        out["merged_rollouts"] = ("ZeRO-3/FSDP shard the weights" if setup.sharded
+                                  else "no LoRA adapter (full fine-tuning)")
+    if fast.decode_loop and setup.sharded:
+        out["decode_loop"] = "ZeRO-3/FSDP shard the weights"
+    if fast.group_batches:
+        reason = None
+        if not fast.shared_prompt:
+            reason = "shared_prompt is off"
+        elif setup.checkpointing:
+            reason = "gradient checkpointing: the policy pass cannot share a prompt cache"
+        elif setup.wrapped:
+            reason = "the policy pass runs through a DDP/DeepSpeed/FSDP wrapper"
+        elif setup.loss_type == "bnpo":
+            reason = "loss_type bnpo normalises per micro-batch"
+        elif setup.steps_per_generation != setup.gradient_accumulation_steps:
+            reason = "a generation batch spans several optimizer steps"
+        if reason:
+            out["group_batches"] = reason
+    for name, reason in out.items():
+        log.info("fast.grpo.%s off: %s", name, reason)
+    return out
+
+
+def log_once(seen: set[str], switch: str, what: str, reason: str) -> None:
+    """Log ``reason`` for ``switch`` the first time it is seen (per-call fallbacks repeat)."""
+    if reason not in seen:
+        seen.add(reason)
+        log.info("fast.grpo.%s: %s (%s)", switch, what, reason.splitlines()[0])
+
+
+def loop_generate(model, fast: GRPOFast, seen: set[str], counter: dict):
+    """A ``generate`` for ``model`` that samples with ``decode.sample_shared``.
+
+    A call the loop cannot serve (a generation setting it does not implement, extra arguments)
+    goes to the model's own ``generate``, logged once per reason. ``counter["calls"]`` counts
+    the calls the loop served.
+    """
+    def generate(input_ids, attention_mask, generation_config, input_features=None,
+                 feature_attention_mask=None, **other):
+        reason = (f"generate arguments {sorted(other)}" if other else
+                  decode_blocker(model, generation_config))
+        audio = {} if input_features is None else dict(
+            input_features=input_features, feature_attention_mask=feature_attention_mask)
+        if reason:
+            log_once(seen, "decode_loop", "this rollout uses generate", reason)
+            return type(model).generate(model, input_ids=input_ids, attention_mask=attention_mask,
+                                        generation_config=generation_config, **audio, **other)
+        counter["calls"] += 1
+        return sample_shared(model, input_ids, attention_mask, generation_config, **audio,
+                             static_cache=fast.static_cache, compile=fast.compile_decode)
+
+    return generate
+
+
+@contextlib.contextmanager
+def generate_replaced(model, generate):
+    """``model.generate`` is ``generate`` inside the block (an instance attribute; one that was
+    there before, e.g. a test's spy, is put back after)."""
+    before = model.__dict__.get("generate")
+    model.generate = generate
+    try:
+        yield
+    finally:
+        del model.generate
+        if before is not None:
+            model.generate = before
+
+
+@contextlib.contextmanager
+def grouped_shuffle():
+    """TRL's generation-batch shuffle keeps prompt groups whole inside the block."""
+    import trl.trainer.grpo_trainer as trl_grpo  # TRL calls its module's function by name
+
+    row_shuffle = trl_grpo.shuffle_sequence_dict
+    trl_grpo.shuffle_sequence_dict = \
+        lambda d: group_shuffle(d, tuple(k for k in GROUP_KEYS if k in d))
+    try:
+        yield
+    finally:
+        trl_grpo.shuffle_sequence_dict = row_shuffle
