@@ -52,9 +52,10 @@ eval: $(STAMP)  ## evaluate a model on the configured benchmarks
 reproduce: $(STAMP)  ## paper tables from result files
 	$(BIN)/python scripts/reproduce.py $(ARGS)
 
-bench: $(STAMP)  ## benchmarks against the stock path: data pipeline; SFT, rollout, GRPO step (7B shape on CUDA, CPU size otherwise)
+bench: $(STAMP)  ## benchmarks against the stock path: data pipeline; SFT, rollout, GRPO phases; whole trainer steps (7B shape on CUDA, CPU size otherwise)
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/grpo_step.py
 
 # A bare GPU box (no network) has torch/transformers/peft but an older transformers and no trl:
 # these pure-Python wheels give bench/train_speed.py the pinned versions there (see README, Speed).

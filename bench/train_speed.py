@@ -82,8 +82,11 @@ SIZES = {
 # --------------------------------------------------------------------------------------------
 # Model and inputs
 # --------------------------------------------------------------------------------------------
-def build_model(size: str, device: str, dtype: torch.dtype, attn: str):
-    """A random thinker of ``size`` with LoRA (``lm_attn+audio_proj``), and N (LM params)."""
+def build_model(size: str, device: str, dtype: torch.dtype, attn: str, tokenizer=None):
+    """A random thinker of ``size`` with LoRA (``lm_attn+audio_proj``), and N (LM params).
+
+    ``tokenizer``: take the special-token ids from it (e.g. the tiny tokenizer, whose ids are
+    not the hub's) instead of the hub's; the vocabulary stays the real 152k."""
     from peft import LoraConfig, get_peft_model
     from transformers import (
         Qwen2_5OmniThinkerConfig,
@@ -91,7 +94,13 @@ def build_model(size: str, device: str, dtype: torch.dtype, attn: str):
     )
 
     s = SIZES[size]
-    cfg = Qwen2_5OmniThinkerConfig(vision_config=s["vision"])
+    ids = {}
+    if tokenizer is not None:
+        tid = tokenizer.convert_tokens_to_ids
+        ids = dict(audio_token_index=tid("<|AUDIO|>"), image_token_index=tid("<|IMAGE|>"),
+                   video_token_index=tid("<|VIDEO|>"), audio_start_token_id=tid("<|audio_bos|>"),
+                   audio_end_token_id=tid("<|audio_eos|>"))
+    cfg = Qwen2_5OmniThinkerConfig(vision_config=s["vision"], **ids)
     for k, v in s["text"].items():
         setattr(cfg.text_config, k, v)
     for k, v in s["audio"].items():
@@ -103,6 +112,11 @@ def build_model(size: str, device: str, dtype: torch.dtype, attn: str):
         rope["mrope_section"] = [t, (half - t) // 2, half - t - (half - t) // 2]
         cfg.text_config.rope_parameters = rope
     cfg.vision_start_token_id, cfg.vision_end_token_id = 151652, 151653
+    if tokenizer is not None:
+        cfg.vision_start_token_id = tokenizer.convert_tokens_to_ids("<|vision_bos|>")
+        cfg.vision_end_token_id = tokenizer.convert_tokens_to_ids("<|vision_eos|>")
+        cfg.text_config.pad_token_id = tokenizer.pad_token_id
+        cfg.text_config.eos_token_id = tokenizer.eos_token_id
     cfg.text_config.use_cache = True
     torch.manual_seed(0)
     with torch.device(device):

@@ -50,3 +50,28 @@ def test_train_speed_bench_runs_and_its_loss_paths_agree(tmp_path, monkeypatch):
     assert ours["max_logp_diff"] < 1e-4  # scoring each prompt once changes no log-prob
     saved = json.loads((tmp_path / "train_speed.json").read_text())
     assert saved["table"] == result["table"] and "| GRPO step: whole | seconds |" in saved["table"]
+
+
+def test_grpo_trainer_bench_runs_both_arms(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    for name in ("train_speed", "grpo_step"):
+        sys.modules.pop(name, None)
+    import grpo_step
+
+    threads = torch.get_num_threads()
+    try:
+        result = grpo_step.main(["--size", "smoke", "--steps", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    stock, ours = result["arms"]["stock"], result["arms"]["ours"]
+    assert len(stock["times"]) == len(ours["times"]) == 2  # warm-up + 1 timed step
+    # stock is TRL's path; ours ran every fast path (nothing switched itself off)
+    assert stock["shared"]["passes"] == 0 and stock["loop_calls"] == 0
+    assert ours["fast_off"] == {} and ours["loop_calls"] == 2
+    assert ours["shared"]["prompt_forwards"] < ours["shared"]["rows"]
+    assert 0 < stock["mean_length"] <= 4 and 0 < ours["mean_length"] <= 4
+    saved = json.loads((tmp_path / "grpo_step.json").read_text())
+    assert saved["table"] == result["table"] and "| GRPO trainer step 2x2x4 |" in saved["table"]

@@ -10,8 +10,10 @@ fused LM head (Triton on GPU), and ``length_grouped`` changes which rows share a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:  # omegaconf is imported where configs are read: the GPU bench runs without it
+    from omegaconf import DictConfig
 
 
 @dataclass
@@ -93,7 +95,7 @@ def fast_settings(cfg: DictConfig | None) -> FastSettings:
     Raises:
         ConfigError: an unknown key (by its full name) or a bad value.
     """
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from audsemthinker.config import ConfigError, check_fields
 
