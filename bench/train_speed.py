@@ -441,7 +441,8 @@ def rewards_of(completions: torch.Tensor, tokenizer, reward_funcs) -> list[float
 def loop_variants(compiled: bool) -> dict[str, dict | None]:
     """Rollout paths of ours, by row label: ``generate``, then our decode loop's variants.
 
-    The first whose loop runs here is the one the GRPO step uses (the trainer's default)."""
+    The GRPO step uses the dynamic-cache loop (the trainer's default), or ``generate`` where the
+    loop cannot run (``rollout_rows``)."""
     out = {"merged LoRA + audio dedup, HF generate": None,
            "+ shared-prefill decode loop (fast default)": dict(),
            "+ decode loop, static cache": dict(static_cache=True)}

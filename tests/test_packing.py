@@ -26,12 +26,17 @@ from audsemthinker.train.packing import (
     check_packable,
     is_packed,
     pack_batch,
-    packed_row_count,
 )
 
 # --------------------------------------------------------------------------------------------
 # Layout
 # --------------------------------------------------------------------------------------------
+
+
+def packed_row_count(position_ids: torch.Tensor) -> int:
+    """How many original rows a packed ``position_ids`` (``[4, 1, T]`` or ``[1, T]``) holds."""
+    text = position_ids[0] if position_ids.ndim == 3 else position_ids
+    return int((text == 0).sum())
 
 
 def test_pack_batch_layout_is_exact():

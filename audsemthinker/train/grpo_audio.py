@@ -44,7 +44,11 @@ from audsemthinker.train.rollout import (
     merged_lora,
     same_tower,
 )
-from audsemthinker.train.shared_scoring import head_unsupported, shared_logps_and_entropies
+from audsemthinker.train.shared_scoring import (
+    head_unsupported,
+    shared_logps_and_entropies,
+    trim_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,8 @@ class AudioRows:
     def rows(self, start: int, end: int,
              dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Model kwargs for rows ``start:end``, trimmed to their own longest clip."""
-        mask = self.feature_attention_mask[start:end]
-        n = int(mask.sum(-1).max()) if mask.numel() else 0
-        feats = self.input_features[start:end, :, :n]
-        return {"input_features": feats if dtype is None else feats.to(dtype),
-                "feature_attention_mask": mask[:, :n]}
+        return trim_features(self.input_features[start:end],
+                             self.feature_attention_mask[start:end], dtype)
 
     def check(self, input_ids: torch.Tensor, audio_token_id: int) -> None:
         """Fail unless each row's ``<|AUDIO|>`` count equals what its own features produce.

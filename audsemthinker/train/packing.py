@@ -31,9 +31,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-import torch
+from audsemthinker.train.lm_loss import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 PASSED_ON = ("input_features", "feature_attention_mask")
 """Per-clip inputs that packing leaves as they are (their order is the rows' order)."""
 REFUSED = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw",
@@ -89,12 +88,6 @@ def pack_batch(batch: Mapping) -> dict:
            "position_ids": positions.view(1, 1, -1).expand(4, 1, -1).contiguous()}
     out.update({k: batch[k] for k in PASSED_ON if k in batch})
     return out
-
-
-def packed_row_count(position_ids: torch.Tensor) -> int:
-    """How many original rows a packed ``position_ids`` (``[4, 1, T]`` or ``[1, T]``) holds."""
-    text = position_ids[0] if position_ids.ndim == 3 else position_ids
-    return int((text == 0).sum())
 
 
 def is_packed(inputs: Mapping) -> bool:

@@ -50,10 +50,14 @@ def group_chunks(inverse: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
     return chunks
 
 
-def _trim(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and mask cut to the chunk's own longest clip (as the stock per-chunk path does)."""
+def trim_features(features: torch.Tensor, mask: torch.Tensor,
+                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Model kwargs for some rows' clips, cut to their own longest clip (frames past it are
+    padding for every row) and cast to ``dtype`` (the model's) when given."""
     n = int(mask.sum(-1).max()) if mask.numel() else 0
-    return features[:, :, :n], mask[:, :n]
+    feats = features[:, :, :n]
+    return {"input_features": feats if dtype is None else feats.to(dtype),
+            "feature_attention_mask": mask[:, :n]}
 
 
 def head_unsupported(model: nn.Module) -> str | None:
@@ -111,9 +115,8 @@ def shared_logps_and_entropies(model: nn.Module, input_ids: torch.Tensor,
         rows = rows.to(input_ids.device)
         audio = {}
         if input_features is not None:
-            feats, fmask = _trim(input_features[rows], feature_attention_mask[rows])
-            audio = dict(input_features=feats if feature_dtype is None else feats.to(feature_dtype),
-                         feature_attention_mask=fmask)
+            audio = trim_features(input_features[rows], feature_attention_mask[rows],
+                                  feature_dtype)
         hidden = shared_prompt_hidden(model, input_ids[rows], attention_mask[rows],
                                       logits_to_keep, **audio)
         valid, labels = valid_all[rows], labels_all[rows]
