@@ -194,13 +194,15 @@ def test_length_cosine():
     assert length_values("cosine", [15, 20, 25, 35], window=10) == pytest.approx([0, 0.5, 1, 0])
 
 
-def test_length_counts_first_think_only_and_no_think_is_zero_words():
+def test_length_counts_first_think_only_and_no_think_earns_nothing():
     f = get_reward("length")
     out = f(completions=["<think>" + words(30) + "</think><think>a</think>",
                          "no think block at all, many many words " + words(200),
                          "<think>\n  a\tb \n c </think>"])
-    assert out == pytest.approx([0.0, 1.0, 1.0])
+    assert out == pytest.approx([0.0, 0.0, 1.0])
     assert get_reward("length", shape="cosine")(completions=["no think"]) == [0.0]
+    whole = get_reward("length", no_think="whole")  # the release: count the whole completion
+    assert whole(completions=["no think at all", "no think " + words(200)]) == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("kw, msg", [
