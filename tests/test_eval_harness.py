@@ -275,7 +275,8 @@ def test_broken_audio_is_excluded_and_shifts_no_other_prediction(clean_run, sens
     assert result["excluded"]["count"] == 2
     assert [e["id"] for e in result["excluded"]["items"]] == ["m2", "m5"]
     assert all(e["reason"] for e in result["excluded"]["items"])
-    assert result["score"]["n_items"] == 5
+    assert result["score"]["n_items"] == 7  # the excluded two are skipped, not in the denominator
+    assert result["score"]["total"]["skipped"] == 2 and result["score"]["total"]["scored"] == 5
     assert result["n_predicted"] == 5
     broken = _predictions(tmp_path / "run", "mmau_test_mini")
     clean = _predictions(clean_dir, "mmau_test_mini")
@@ -295,7 +296,8 @@ def test_scores_follow_each_items_own_audio(tiny_full_dir, tmp_path, monkeypatch
     rows_path, meta, rows = write_mmau(tmp_path / "data", n=6)
     Path(rows[2]["audio"]).unlink()  # first of its batch: a zip over the batch would shift
     # Answer by tone: m0 right (bare letter), m1 right (answer inside a sentence), m3 wrong (a
-    # distractor word, an answer word missing), m4 empty answer (skipped), m5 right ("(B) ...").
+    # distractor word, an answer word missing), m4 empty answer (scored wrong), m5 right
+    # ("(B) ..."); m2's audio is gone: never generated, skipped.
     script = {200: "<answer>A</answer>", 220: "<think>x</think><answer>I hear a cat meowing."
               "</answer>", 260: "<answer>a man or a cat</answer>", 280: "<answer> </answer>",
               300: "<answer>(B) a cat meowing</answer>"}
@@ -303,11 +305,13 @@ def test_scores_follow_each_items_own_audio(tiny_full_dir, tmp_path, monkeypatch
     bench = {"mmau_test_mini": {"scorer": "mmau", "rows": str(rows_path),
                                 "metadata": str(meta), "version": "original"}}
     r = harness.run_eval(make_cfg(tiny_full_dir, tmp_path / "run", bench))["mmau_test_mini"]
-    assert r["score"]["total"] == {"accuracy": 75.0, "correct": 3, "scored": 4, "skipped": 1}
-    assert r["score"]["groups"]["task"]["music"] == {"accuracy": 100.0, "correct": 1,
-                                                     "scored": 1, "skipped": 1}
+    assert r["score"]["total"] == {"accuracy": 60.0, "correct": 3, "scored": 5, "skipped": 1,
+                                   "empty": 1}
+    assert r["score"]["groups"]["task"]["music"] == {"accuracy": 50.0, "correct": 1,
+                                                     "scored": 2, "skipped": 0, "empty": 1}
     assert r["score"]["groups"]["task"]["sound"] == {"accuracy": 50.0, "correct": 1,
-                                                     "scored": 2, "skipped": 0}
+                                                     "scored": 2, "skipped": 0, "empty": 0}
+    assert r["score"]["groups"]["task"]["speech"]["skipped"] == 1
     assert r["excluded"]["items"][0]["id"] == "m2"
     assert "submission" not in r  # test-mini with answers: scored here, no submission asked
 
@@ -338,9 +342,11 @@ def test_muchomusic_beam_search_run(tiny_full_dir, tmp_path):
     r = harness.run_eval(cfg)["muchomusic"]
     assert r["prompt_template"] == "muchomusic"
     assert r["excluded"] == {"count": 1, "items": [{"id": rows[3]["id"], "reason": "missing"}]}
-    assert r["score"]["n_items"] == 4 and r["score"]["method"] == "official_rule"
+    # The excluded item is unanswered, not dropped: it stays in N.
+    assert r["score"]["n_items"] == 5 and r["score"]["method"] == "official_rule"
+    assert r["score"]["total"]["unanswered"] >= 1
     assert {k: v["n"] for k, v in r["score"]["groups"]["subset"].items()} == {
-        "knowledge": 3, "reasoning": 1}
+        "knowledge": 3, "reasoning": 2}
     assert r["metadata"]["sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
     assert (tmp_path / "run" / "reports" / "muchomusic_bars.png").exists()
     assert "instruction following" in (tmp_path / "run" / "reports" / "muchomusic.md").read_text()

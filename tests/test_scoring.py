@@ -91,10 +91,10 @@ def test_prediction_keeps_sentences_and_untagged_text():
     assert mmau_prediction("It is a child.", PEOPLE) == "It is a child."
 
 
-def test_empty_prediction_is_skipped():
-    assert mmau_prediction("<think>x</think><answer></answer>", PEOPLE) is None
-    assert mmau_prediction("<answer>   </answer>", PEOPLE) is None
-    assert mmau_prediction("", PEOPLE) is None
+def test_empty_prediction_is_scored_and_only_no_completion_is_skipped():
+    assert mmau_prediction("<think>x</think><answer></answer>", PEOPLE) == ""
+    assert mmau_prediction("<answer>   </answer>", PEOPLE) == ""
+    assert mmau_prediction("", PEOPLE) == ""
     assert mmau_prediction(None, PEOPLE) is None
 
 
@@ -201,21 +201,26 @@ PREDICTIONS = {"1": "a man", "2": "a woman", "3": "Woman", "4": None, "5": "   "
 
 
 def test_score_mmau_counts_and_skips():
-    r = score_mmau(FIXTURE, PREDICTIONS)
-    assert r["total"] == {"accuracy": 200 / 3, "correct": 2, "scored": 3, "skipped": 3}
+    r = score_mmau(FIXTURE, PREDICTIONS)  # "5" is blank: scored wrong; "4" and "6": skipped
+    assert r["total"] == {"accuracy": 50.0, "correct": 2, "scored": 4, "skipped": 2,
+                          "empty": 1}
     assert r["n_items"] == 6
     g = r["groups"]
     assert list(g["task"]) == ["sound", "music", "speech"]
-    assert g["task"]["sound"] == {"accuracy": 50.0, "correct": 1, "scored": 2, "skipped": 0}
-    assert g["task"]["music"] == {"accuracy": 100.0, "correct": 1, "scored": 1, "skipped": 1}
-    assert g["task"]["speech"] == {"accuracy": None, "correct": 0, "scored": 0, "skipped": 2}
+    assert g["task"]["sound"] == {"accuracy": 50.0, "correct": 1, "scored": 2, "skipped": 0,
+                                  "empty": 0}
+    assert g["task"]["music"] == {"accuracy": 100.0, "correct": 1, "scored": 1, "skipped": 1,
+                                  "empty": 0}
+    assert g["task"]["speech"] == {"accuracy": 0.0, "correct": 0, "scored": 1, "skipped": 1,
+                                   "empty": 1}
     assert list(g["difficulty"]) == ["easy", "medium", "hard"]
     assert g["difficulty"]["easy"]["accuracy"] == 100.0
-    assert g["difficulty"]["hard"] == {"accuracy": 0.0, "correct": 0, "scored": 1, "skipped": 1}
+    assert g["difficulty"]["hard"] == {"accuracy": 0.0, "correct": 0, "scored": 1, "skipped": 1,
+                                       "empty": 0}
     assert g["sub-category"]["Genre"]["correct"] == 1
     assert g["category"]["Reasoning"] == {"accuracy": 50.0, "correct": 1, "scored": 2,
-                                          "skipped": 2}
-    assert g["category"]["Information Extraction"]["skipped"] == 1
+                                          "skipped": 2, "empty": 0}
+    assert g["category"]["Information Extraction"]["empty"] == 1
 
 
 def test_score_mmau_rejects_misaligned_or_unscorable_input():
@@ -242,7 +247,7 @@ GENRES = ["rock", "jazz", "pop", "blues"]
     ("The correct answer is: (C) pop", 2),
     ("B. Because B fits best", 1),                       # one letter, repeated
     ("The correct answer is: A or B, I think jazz", 1),  # two letters -> text fallback
-    ("It sounds like Blues to me", 3),                   # no letter; "B" in "Blues" is no letter
+    ("It sounds like Blues to me", 1),                   # the "B" of "Blues" is a letter
     ("the correct answer is: b", None),                  # lower-case letters are not letters
     ("I cannot tell", None),
     ("A jazz tune", 0),                                  # the article "A" is a standalone letter

@@ -202,15 +202,35 @@ def score_accuracy(rows: list[Mapping], completions: Mapping[str, str]) -> dict:
 
 def score_benchmark(spec: BenchmarkSpec, rows: list[dict],
                     records: Mapping[str, dict]) -> dict | None:
-    """Score the predicted rows with the benchmark's official rule; None without gold answers."""
+    """Score the rows with the benchmark's official rule; None without gold answers.
+
+    ``rows`` are all rows asked for, ``records`` the generated ones. MMAU leaves a row never
+    generated out of the denominator (counted as skipped), as its official script leaves out an
+    item without ``model_output``; MuchoMusic counts it unanswered (wrong). Our own rows are
+    scored over the generated ones.
+    """
     if spec.scorer == "mmau":
         if rows and not any(str(r.get("answer") or "").strip() for r in rows):
             return None  # MMAU test: answers withheld, the server scores the submission
         return scoring.score_mmau(rows, {i: r["prediction"] for i, r in records.items()})
     if spec.scorer == "muchomusic":
-        return scoring.score_muchomusic(
-            rows, {i: fmt.extract_answer(r["completion"]) for i, r in records.items()})
-    return score_accuracy(rows, {i: r["completion"] for i, r in records.items()})
+        return scoring.score_muchomusic(rows, muchomusic_outputs(records))
+    return score_accuracy([r for r in rows if r["id"] in records],
+                          {i: r["completion"] for i, r in records.items()})
+
+
+def muchomusic_outputs(records: Mapping[str, dict]) -> dict[str, str]:
+    """The text each MuchoMusic pick reads: the ``<answer>`` content (whole text if absent)."""
+    return {i: fmt.extract_answer(r["completion"]) for i, r in records.items()}
+
+
+def score_variants(spec: BenchmarkSpec, rows: list[dict], records: Mapping[str, dict]) -> dict:
+    """Other readings reported beside the official score: for MuchoMusic the word-boundary
+    letter pick (``{"word_boundary": result}``); none for the other scorers."""
+    if spec.scorer != "muchomusic":
+        return {}
+    return {"word_boundary": scoring.score_muchomusic(rows, muchomusic_outputs(records),
+                                                      pick="word_boundary")}
 
 
 _MMAU_KEYS = ("id", "audio_id", "question", "choices", "answer", "dataset", "task", "split",
@@ -221,8 +241,9 @@ def mmau_submission(spec: BenchmarkSpec, rows: list[dict], records: Mapping[str,
     """The MMAU submission: each item plus ``model_output`` and ``model_prediction`` (same value).
 
     Items come from the official metadata file when ``spec.metadata`` is set (verbatim), else
-    from the rows' MMAU fields. An item without a prediction (excluded audio, empty answer)
-    carries neither key, which the official script counts as skipped.
+    from the rows' MMAU fields. An item never generated (excluded audio) carries neither key,
+    which the official script skips; an empty answer is written as ``""``, which it scores
+    wrong, so its printed accuracy equals ours.
     """
     if spec.metadata and Path(spec.metadata).suffix == ".json":
         import json
@@ -261,9 +282,12 @@ def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettin
     t0 = time.time()
     excluded = predict_benchmark(name, spec, rows, store, lazy, settings)
     seconds = time.time() - t0
-    scored_rows = [r for r in rows if r["id"] in store]
-    records = {r["id"]: store.records[r["id"]] for r in scored_rows}
-    score = score_benchmark(spec, scored_rows, records)
+    # The prediction is re-derived from the completion, so a file written by an older scoring
+    # rule is scored by today's.
+    records = {r["id"]: {**store.records[r["id"]],
+                         "prediction": predict(spec, r, store.records[r["id"]]["completion"])}
+               for r in rows if r["id"] in store}
+    score = score_benchmark(spec, rows, records)
     result = {
         "benchmark": name, "scorer": spec.scorer, "version": spec.version, "split": spec.split,
         "model": model_info(cfg, settings, label),
@@ -276,6 +300,7 @@ def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettin
                      "items": [{"id": i, "reason": r} for i, r in excluded.items()]},
         "score": score,
         "accuracy": score["total"]["accuracy"] if score else None,
+        "score_variants": score_variants(spec, rows, records) if score else {},
         "predictions": str(store.path), "generation_seconds": round(seconds, 3),
     }
     if spec.scorer == "mmau" and (spec.submission or score is None):

@@ -115,7 +115,8 @@ def mmau_markdown(result: dict, title: str = "MMAU") -> str:
     total = result["total"]
     parts = [f"## {title}", "",
              f"Scoring: {result['method']}; {result['n_items']} items, {total['skipped']} "
-             "skipped (no prediction; not in the denominator).", "",
+             "skipped (never generated; not in the denominator), "
+             f"{total.get('empty', 0)} empty answers (scored wrong).", "",
              "### Total", "", markdown_table(["", *_MMAU_COLS], [_mmau_row("total", total)])]
     for group in MMAU_GROUPS:
         rows = [_mmau_row(k, c) for k, c in result["groups"].get(group, {}).items()]
@@ -138,7 +139,8 @@ def muchomusic_markdown(result: dict, title: str = "MuchoMusic") -> str:
         Markdown text naming the scoring method (official rule or LLM judge), with the total,
         the knowledge / reasoning subsets and the per-dataset split.
     """
-    method = {"official_rule": "official rule (letter, then option text)",
+    method = {"official_rule": "official rule (letter characters, then option text)",
+              "word_boundary_rule": "word-boundary letters, then option text (variant)",
               "llm_judge": "LLM judge (0/1)"}.get(result["method"], result["method"])
     parts = [f"## {title}", "",
              f"Scoring: {method}; {result['n_items']} items; unanswered count as wrong.", "",

@@ -1,10 +1,10 @@
 """The official scoring rules of MMAU and MuchoMusic, as pure functions.
 
 Every number we compare with a paper comes from here, so the rules follow the benchmarks' own
-scripts literally (docs BENCHMARKS.md): MMAU's token-set match with no fallback and skipped items
-left out of the denominator; MuchoMusic's letter-then-text pick with unanswered items counted
-wrong. All accuracies are percentages. Imports nothing heavy: the GRPO accuracy reward reuses
-:func:`mmau_match`.
+scripts literally: MMAU's token-set match with no fallback, where only items never generated are
+left out of the denominator (an empty answer is scored, and wrong); MuchoMusic's character-level
+letter-then-text pick with unanswered items counted wrong (docs/scoring.md). All accuracies
+are percentages. Imports nothing heavy: the GRPO accuracy reward reuses :func:`mmau_match`.
 """
 
 from __future__ import annotations
@@ -100,12 +100,13 @@ def mmau_prediction(completion: str | None, choices: list[str]) -> str | None:
     Returns:
         The ``<answer>`` content (the whole text if the tag is absent, as
         :func:`format.extract_answer` does) with ``"B"``, ``"B. x"`` or ``"(B) x"`` turned into
-        choice text by :func:`format.answer_to_text`; ``None`` (a skipped item) when empty.
+        choice text by :func:`format.answer_to_text`; ``""`` for an empty answer or completion
+        (scored wrong, as the official script scores an empty ``model_output``); ``None`` only
+        when nothing was generated.
     """
     if completion is None:
         return None
-    text = answer_to_text(extract_answer(completion), choices)
-    return text if text.strip() else None
+    return answer_to_text(extract_answer(completion), choices).strip()
 
 
 def _mmau_group(item: Mapping, key: str) -> str:
@@ -118,9 +119,9 @@ def _mmau_group(item: Mapping, key: str) -> str:
 
 
 def _mmau_counts(tally: list[int]) -> dict:
-    correct, scored, skipped = tally
+    correct, scored, skipped, empty = tally
     return {"accuracy": _pct(correct, scored), "correct": correct, "scored": scored,
-            "skipped": skipped}
+            "skipped": skipped, "empty": empty}
 
 
 def score_mmau(items: list[Mapping], predictions: Mapping[str, str | None]) -> dict:
@@ -130,13 +131,15 @@ def score_mmau(items: list[Mapping], predictions: Mapping[str, str | None]) -> d
         items: MMAU-schema dicts (``id, question, choices, answer, task, difficulty, category,
             sub-category, ...``) with gold answers (test-mini).
         predictions: ``{id: answer text or None}``, e.g. from :func:`mmau_prediction`. An item
-            with no entry, ``None`` or blank text is skipped: counted and reported, but not in
-            the denominator, as the official script does.
+            with no entry or ``None`` was never generated (e.g. unreadable audio): it is
+            skipped, counted but not in the denominator, as the official script skips an item
+            without ``model_output``. Blank text is scored (always wrong) and counted as empty.
 
     Returns:
         A JSON-able dict: ``total`` and ``groups[field][value]``, each holding ``accuracy``
-        (percent of scored, or None when nothing was scored), ``correct``, ``scored`` and
-        ``skipped``; plus ``n_items`` and ``method`` ("official_rule").
+        (percent of scored, or None when nothing was scored), ``correct``, ``scored``,
+        ``skipped`` (never generated) and ``empty`` (scored, blank answer); plus ``n_items``
+        and ``method`` ("official_rule").
 
     Raises:
         ValueError: a missing key, duplicate id, empty answer (the test split is scored by the
@@ -145,7 +148,7 @@ def score_mmau(items: list[Mapping], predictions: Mapping[str, str | None]) -> d
     """
     ids = _check_ids(items, _MMAU_REQUIRED, "MMAU")
     _check_known(ids, predictions, "predictions")
-    total = [0, 0, 0]
+    total = [0, 0, 0, 0]
     groups: dict[str, dict[str, list[int]]] = {g: {} for g in MMAU_GROUPS}
     for item in items:
         if not str(item["answer"]).strip():
@@ -154,9 +157,9 @@ def score_mmau(items: list[Mapping], predictions: Mapping[str, str | None]) -> d
         pred = predictions.get(item["id"])
         if pred is not None and not isinstance(pred, str):
             raise TypeError(f"prediction for {item['id']!r} is {type(pred).__name__}, not str")
-        tallies = [total] + [groups[g].setdefault(_mmau_group(item, g), [0, 0, 0])
+        tallies = [total] + [groups[g].setdefault(_mmau_group(item, g), [0, 0, 0, 0])
                              for g in MMAU_GROUPS]
-        if pred is None or not pred.strip():
+        if pred is None:
             for t in tallies:
                 t[2] += 1
             continue
@@ -164,6 +167,7 @@ def score_mmau(items: list[Mapping], predictions: Mapping[str, str | None]) -> d
         for t in tallies:
             t[0] += ok
             t[1] += 1
+            t[3] += not pred.strip()
     return {
         "benchmark": "mmau",
         "method": "official_rule",
@@ -177,16 +181,32 @@ def score_mmau(items: list[Mapping], predictions: Mapping[str, str | None]) -> d
 # --------------------------------------------------------------------------------------------
 # MuchoMusic
 # --------------------------------------------------------------------------------------------
+def _option_text_pick(tail: str, options: list[str]) -> int | None:
+    low = tail.lower()
+    for i, option in enumerate(options):
+        text = str(option).strip().lower()
+        if text and text in low:
+            return i
+    return None
+
+
+def _pick_tail(output: str | None, options: list[str]) -> str | None:
+    if not 0 < len(options) <= len(OPTION_LETTERS):
+        raise ValueError(f"expected 1..{len(OPTION_LETTERS)} options, got {len(options)}")
+    if output is None:
+        return None
+    return str(output).rsplit(MUCHOMUSIC_ANSWER_CUE, 1)[-1]
+
+
 def muchomusic_pick(output: str | None, options: list[str]) -> int | None:
-    """The official MuchoMusic pick: a lone option letter, else the first option text, else None.
+    """The official MuchoMusic pick, read literally: characters, then option text, else None.
 
     Only the text after the LAST ``"The correct answer is:"`` is read (the whole output when the
-    cue is absent), so an echoed prompt, which lists every option, never decides the pick.
-    Letters are standalone capital option letters, regex ``\\b[A-D]\\b`` for four options (the
-    class covers the first ``len(options)`` letters): ``"(B)"``, ``"B."`` and ``"B"`` count;
-    lower-case ``"b"`` and the ``B`` inside ``"Blues"`` do not; the article ``"A"`` does. When
-    exactly one distinct letter occurs (repeats allowed) it is the pick. Otherwise the first
-    option, in order, whose lower-cased text occurs in the lower-cased tail is the pick.
+    cue is absent), so an echoed prompt, which lists every option, never decides the pick. The
+    option letters (``A``-``D`` for four options) are intersected with the set of *characters*
+    of that text: the ``B`` of ``"Blues"`` and the ``D`` of ``"Drums"`` count, lower-case
+    letters do not. If exactly one letter is found it is the pick; otherwise the first option,
+    in order, whose lower-cased text occurs in the lower-cased text; otherwise None.
 
     Args:
         output: the model's generated text, or None.
@@ -198,20 +218,35 @@ def muchomusic_pick(output: str | None, options: list[str]) -> int | None:
     Raises:
         ValueError: no options, or more than there are letters.
     """
-    if not 0 < len(options) <= len(OPTION_LETTERS):
-        raise ValueError(f"expected 1..{len(OPTION_LETTERS)} options, got {len(options)}")
-    if output is None:
+    tail = _pick_tail(output, options)
+    if tail is None:
         return None
-    tail = str(output).rsplit(MUCHOMUSIC_ANSWER_CUE, 1)[-1]
+    letters = set(OPTION_LETTERS[:len(options)]) & set(tail)
+    if len(letters) == 1:
+        return OPTION_LETTERS.index(letters.pop())
+    return _option_text_pick(tail, options)
+
+
+def muchomusic_pick_word(output: str | None, options: list[str]) -> int | None:
+    """A stricter reading of the pick: letters count only as standalone words.
+
+    As :func:`muchomusic_pick`, but a letter is a capital option letter matched by regex
+    ``\\b[A-D]\\b`` (for four options): ``"(B)"``, ``"B."`` and ``"B"`` count, the ``B`` inside
+    ``"Blues"`` does not, the article ``"A"`` does. Reported beside the official pick as the
+    ``word_boundary`` variant; the two differ on about one random output in five.
+    """
+    tail = _pick_tail(output, options)
+    if tail is None:
+        return None
     letters = set(re.findall(rf"\b[{OPTION_LETTERS[:len(options)]}]\b", tail))
     if len(letters) == 1:
         return OPTION_LETTERS.index(letters.pop())
-    low = tail.lower()
-    for i, option in enumerate(options):
-        text = str(option).strip().lower()
-        if text and text in low:
-            return i
-    return None
+    return _option_text_pick(tail, options)
+
+
+MUCHOMUSIC_PICKS = {"official": muchomusic_pick, "word_boundary": muchomusic_pick_word}
+"""MuchoMusic pick rules by name: ``official`` (the benchmark's own, the default) and
+``word_boundary`` (letters as whole words), reported beside it."""
 
 
 _TRUE = {"true", "1", "yes", "y", "t", "1.0"}
@@ -293,32 +328,41 @@ def _muchomusic_result(items: list[Mapping], outcomes: dict[str, tuple[bool, boo
     }
 
 
-def score_muchomusic(items: list[Mapping], outputs: Mapping[str, str | None]) -> dict:
-    """Score MuchoMusic outputs with the official pick rule (:func:`muchomusic_pick`).
+def score_muchomusic(items: list[Mapping], outputs: Mapping[str, str | None],
+                     pick: str = "official") -> dict:
+    """Score MuchoMusic outputs with a pick rule (:data:`MUCHOMUSIC_PICKS`, default official).
 
     Args:
         items: dicts with ``id``, the options (see :func:`muchomusic_options`), and optionally
             ``music_knowledge`` / ``music_reasoning`` flags (bools or CSV strings) and
             ``dataset`` (sdd | musiccaps).
-        outputs: ``{id: generated text or None}``; a missing or None output is unanswered.
+        outputs: ``{id: generated text or None}``; a missing or None output (e.g. unreadable
+            audio) is unanswered: wrong, and in the denominator.
+        pick: ``official`` (:func:`muchomusic_pick`) or ``word_boundary``
+            (:func:`muchomusic_pick_word`).
 
     Returns:
-        A JSON-able dict, ``method`` "official_rule": ``total`` and ``groups["subset"]``
-        (knowledge, reasoning) and ``groups["dataset"]``, each with ``accuracy`` (percent of all
-        N, unanswered counted wrong), ``instruction_following`` (percent answered), ``correct``,
-        ``answered``, ``unanswered`` and ``n``.
+        A JSON-able dict, ``method`` "official_rule" or "word_boundary_rule": ``total`` and
+        ``groups["subset"]`` (knowledge, reasoning) and ``groups["dataset"]``, each with
+        ``accuracy`` (percent of all N, unanswered counted wrong), ``instruction_following``
+        (percent answered), ``correct``, ``answered``, ``unanswered`` and ``n``.
 
     Raises:
-        ValueError: a missing id, duplicate id, bad options or flag, or outputs for unknown ids.
+        ValueError: a missing id, duplicate id, bad options or flag, outputs for unknown ids,
+            or an unknown pick.
     """
+    if pick not in MUCHOMUSIC_PICKS:
+        raise ValueError(f"unknown MuchoMusic pick {pick!r}; expected one of "
+                         f"{sorted(MUCHOMUSIC_PICKS)}")
+    rule = MUCHOMUSIC_PICKS[pick]
     ids = _check_ids(items, ("id",), "MuchoMusic")
     _check_known(ids, outputs, "outputs")
     outcomes = {}
     for item in items:
         options, gold = muchomusic_options(item)
-        pick = muchomusic_pick(outputs.get(item["id"]), options)
-        outcomes[item["id"]] = (pick is not None, pick == gold)
-    return _muchomusic_result(items, outcomes, "official_rule")
+        choice = rule(outputs.get(item["id"]), options)
+        outcomes[item["id"]] = (choice is not None, choice == gold)
+    return _muchomusic_result(items, outcomes, f"{pick}_rule")
 
 
 def score_muchomusic_judged(items: list[Mapping], judgements: Mapping[str, int | None]) -> dict:
