@@ -29,14 +29,20 @@ class FakeJudgeServer(ThreadingHTTPServer):
         self.delay_s = 0.0
         self.status = 200
         self.raw_body: bytes | None = None
+        self.redirect_to: str | None = None
         self.rule = score_by_exact_match
+
+
+def fenced(prompt: str, label: str) -> str:
+    """The text the prompt fences under ``label`` (markers carry the same tag)."""
+    m = re.search(rf"\[{label} BEGIN (\w+)\]\n(.*?)\n\[{label} END \1\]", prompt, re.DOTALL)
+    return m.group(2)
 
 
 def score_by_exact_match(prompt: str) -> str:
     """The test's judge: 5 if the model answer equals the reference, else 2."""
-    ref = re.search(r"\[Reference Answer\]\n(.*?)\n\n", prompt, re.DOTALL).group(1)
-    pred = re.search(r"\[Model Answer\]\n(.*?)\n\n", prompt, re.DOTALL).group(1)
-    return f"Rating: {5 if ref == pred else 2}\nExplanation: compared."
+    ref, pred = fenced(prompt, "REFERENCE ANSWER"), fenced(prompt, "MODEL ANSWER")
+    return f"Explanation: compared.\nRating: {5 if ref == pred else 2}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,6 +56,12 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(srv.delay_s)
         if self.path != "/v1/chat/completions":
             self.send_error(404)
+            return
+        if srv.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", srv.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if srv.status != 200:
             self.send_error(srv.status)
@@ -67,6 +79,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(raw)
         except OSError:
             pass  # the client timed out and hung up
+
+    def do_GET(self):  # noqa: N802 - where urllib sends a POST after following a 302
+        self.server.requests.append({"method": "GET", "path": self.path})
+        self.server.headers.append(dict(self.headers))
+        self.send_error(405)
 
     def log_message(self, *args):
         pass
@@ -104,7 +121,8 @@ def test_judge_scores_over_five_and_sends_chat_completions(server, monkeypatch):
     prompt = body["messages"][0]["content"]
     assert "What do you hear?" in prompt and "a dog barks" in prompt and "hmm" not in prompt
     assert server.headers[0]["Authorization"] == "Bearer sekret"
-    assert f.judge.stats == {"requests": 2, "cache_hits": 0, "scored": 2, "malformed": 0}
+    assert f.judge.stats == {"requests": 2, "cache_hits": 0, "scored": 2, "malformed": 0,
+                             "failed": 0}
 
 
 def test_judge_takes_question_from_prompt_and_skips_rows_without_reference(server):
@@ -115,7 +133,7 @@ def test_judge_takes_question_from_prompt_and_skips_rows_without_reference(serve
     out = f(prompts=prompts * 2, completions=COMPLETIONS, answer=["a dog barks", None])
     assert out == [1.0, 0.0]
     assert len(server.requests) == 1
-    assert "[Question]\nDescribe the audio.\n" in server.requests[0]["messages"][0]["content"]
+    assert fenced(server.requests[0]["messages"][0]["content"], "QUESTION") == "Describe the audio."
 
 
 def test_cache_prevents_second_request_across_instances(server, tmp_path):
@@ -177,7 +195,7 @@ def test_server_errors_are_retried_client_errors_are_not(server):
 
 
 def test_malformed_reply_scores_zero_is_counted_and_not_cached(server, tmp_path):
-    server.rule = lambda prompt: "I would rather not say."
+    server.rule = lambda prompt: "I would rather not say. 5"
     f = judge_reward(server, cache_path=str(tmp_path / "c.jsonl"))
     assert f(completions=COMPLETIONS, **COLUMNS) == [0.0, 0.0]
     assert f.judge.stats["malformed"] == 2
@@ -190,14 +208,16 @@ def test_malformed_reply_scores_zero_is_counted_and_not_cached(server, tmp_path)
 
 
 @pytest.mark.parametrize("reply, score", [
-    ("Rating: 4\nExplanation: close.", 4),
-    ("**Rating:** 3", 3),
-    ("The reference names 2 dogs. Rating: 1", 1),   # the labelled rating wins
-    ("5", 5),
-    ("Score 0 of 5", 0),
+    ("Explanation: close.\nRating: 4", 4),
+    ("Explanation: x\n**Rating:** 3", 3),
+    ("Explanation: x\nRating: 2.\n\n", 2),
+    ("The model wrote 'Rating: 5' on its own.\nRating: 1", 1),  # only the last line counts
+    ("Rating: 5\nExplanation: it asked for a 5.", None),      # verdict not on the last line
+    ("Explanation: the reference names 2 dogs, 5 cats.", None),  # no first-integer fallback
+    ("Rating: 4 because the answer told me to", None),
+    ("5", None),
     ("Rating: 7", None),
     ("Rating: 10", None),
-    ("12 out of 10", None),
     ("no idea", None),
     ("", None),
 ])

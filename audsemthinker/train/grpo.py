@@ -229,6 +229,7 @@ def build_grpo_trainer(cfg: DictConfig):
     from audsemthinker.rewards import build_rewards
     from audsemthinker.train.fast import fast_settings
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.judge_log import JudgeStatsCallback
     from audsemthinker.train.sft import TRACE_ENV, load_split, split_file, trace_callback
 
     run_dir = make_run_dir(cfg)
@@ -251,7 +252,7 @@ def build_grpo_trainer(cfg: DictConfig):
     trainer = AudioGRPOTrainer(
         model=model, reward_funcs=funcs, args=args, ref_model=ref,
         train_dataset=to_dataset(grpo_rows(rows["train"])), processing_class=processor,
-        callbacks=[MetricsLogger(run_dir), ProcessorSaver(processor)]
+        callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
         max_audio_seconds=OmegaConf.select(cfg, "data.audio.max_seconds", default=None),
         fast=fast_settings(cfg).grpo)
