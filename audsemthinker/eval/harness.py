@@ -224,13 +224,27 @@ def muchomusic_outputs(records: Mapping[str, dict]) -> dict[str, str]:
     return {i: fmt.extract_answer(r["completion"]) for i, r in records.items()}
 
 
-def score_variants(spec: BenchmarkSpec, rows: list[dict], records: Mapping[str, dict]) -> dict:
-    """Other readings reported beside the official score: for MuchoMusic the word-boundary
-    letter pick (``{"word_boundary": result}``); none for the other scorers."""
+def score_variants(spec: BenchmarkSpec, rows: list[dict], records: Mapping[str, dict],
+                   judge_cache: Path | None = None) -> dict:
+    """Other readings reported beside the official score.
+
+    For MuchoMusic: the word-boundary letter pick (``word_boundary``) and, when ``spec.judge``
+    is set, the LLM judge by AudioBench's protocol (``llm_judge``, verdicts cached per item in
+    ``judge_cache``, the judge model and endpoint recorded). None for the other scorers.
+    """
     if spec.scorer != "muchomusic":
         return {}
-    return {"word_boundary": scoring.score_muchomusic(rows, muchomusic_outputs(records),
-                                                      pick="word_boundary")}
+    outputs = muchomusic_outputs(records)
+    out = {"word_boundary": scoring.score_muchomusic(rows, outputs, pick="word_boundary")}
+    if spec.judge:
+        from audsemthinker.eval.judge import judge_muchomusic
+        from audsemthinker.judge import JudgeClient
+
+        settings = dict(spec.judge)
+        protocol = settings.pop("protocol", "binary")
+        out["llm_judge"] = judge_muchomusic(rows, outputs, JudgeClient(**settings), judge_cache,
+                                            protocol=protocol)
+    return out
 
 
 _MMAU_KEYS = ("id", "audio_id", "question", "choices", "answer", "dataset", "task", "split",
@@ -300,7 +314,8 @@ def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettin
                      "items": [{"id": i, "reason": r} for i, r in excluded.items()]},
         "score": score,
         "accuracy": score["total"]["accuracy"] if score else None,
-        "score_variants": score_variants(spec, rows, records) if score else {},
+        "score_variants": score_variants(spec, rows, records, out_dir / "judgements" /
+                                         f"{name}.jsonl") if score else {},
         "predictions": str(store.path), "generation_seconds": round(seconds, 3),
     }
     if spec.scorer == "mmau" and (spec.submission or score is None):

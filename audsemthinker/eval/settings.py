@@ -36,6 +36,11 @@ class BenchmarkSpec:
         submission: also write the MMAU submission file when answers are present.
         template: prompt template for this benchmark (default ``eval.prompt``).
         limit: evaluate only the first N rows (quick checks).
+        judge: MuchoMusic only: also score with an LLM judge, AudioBench's protocol
+            (``eval/judge.py``), reported beside the official score. The keys of
+            ``audsemthinker.judge.JudgeClient`` (``base_url``, ``model``, ``api_key_env``,
+            ``timeout_s``, ``max_retries``, ``backoff_s``, ``concurrency``,
+            ``on_unavailable``) plus ``protocol`` (``binary``).
     """
 
     scorer: str = "mmau"
@@ -46,6 +51,7 @@ class BenchmarkSpec:
     submission: bool = False
     template: str | None = None
     limit: int | None = None
+    judge: dict | None = None
 
 
 @dataclass
@@ -86,6 +92,8 @@ def eval_settings(section: DictConfig | Mapping) -> EvalSettings:
             raise ConfigError(f"{where}.rows: a rows JSONL path is required")
         if b.template is not None and b.template not in TEMPLATES:
             raise ConfigError(f"{where}.template: {b.template!r} is not one of {TEMPLATES}")
+        if b.judge is not None:
+            _check_judge(b, where)
         benches[name] = b
     s = EvalSettings(benchmarks=benches, **data)
     if not benches:
@@ -99,6 +107,23 @@ def eval_settings(section: DictConfig | Mapping) -> EvalSettings:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"eval.decoding: {e}") from None
     return s
+
+
+_JUDGE_KEYS = ("base_url", "model", "api_key_env", "timeout_s", "max_retries", "backoff_s",
+               "concurrency", "on_unavailable", "max_tokens", "protocol")
+
+
+def _check_judge(b: BenchmarkSpec, where: str) -> None:
+    if b.scorer != "muchomusic":
+        raise ConfigError(f"{where}.judge: an LLM judge is supported for the muchomusic scorer "
+                          f"only, not {b.scorer!r}")
+    if not isinstance(b.judge, Mapping):
+        raise ConfigError(f"{where}.judge: expected a mapping of judge settings")
+    unknown = sorted(set(b.judge) - set(_JUDGE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}.judge: unknown keys {unknown}; known: {list(_JUDGE_KEYS)}")
+    if not b.judge.get("base_url") or not b.judge.get("model"):
+        raise ConfigError(f"{where}.judge: base_url and model are required")
 
 
 def ensure_rows(spec: BenchmarkSpec, name: str) -> Path:

@@ -58,6 +58,15 @@ def _markdown(name: str, result: dict) -> str:
                                                           if model.get("adapter") else ""),
              f"Prompt template: {result['prompt_template']}; metadata sha256 "
              f"`{result['metadata']['sha256']}`."]
+    variants = result.get("score_variants") or {}
+    if variants:
+        lines += ["", "Beside the official score:", ""]
+        for key, v in variants.items():
+            judge = v.get("judge")
+            extra = (f"; judge `{judge['model']}` at `{judge['endpoint']}`, {judge['protocol']}, "
+                     f"{judge['malformed']} malformed, {judge['failed']} failed, "
+                     f"{judge['not_generated']} not generated" if judge else "")
+            lines.append(f"- {key}: {fmt(v['total']['accuracy'])}% ({v['method']}{extra})")
     ex = result["excluded"]
     if ex["count"]:
         lines += ["", f"Excluded (missing or broken audio): {ex['count']}", "",
@@ -74,7 +83,8 @@ def write_reports(name: str, result: dict, reports_dir: str | Path, plot: bool =
     reports_dir = Path(reports_dir)
     md = write_text_atomic(reports_dir / f"{name}.md", _markdown(name, result))
     tables = {k: result.get(k) for k in ("benchmark", "version", "split", "model", "score",
-                                         "excluded", "n_items", "n_predicted")}
+                                         "score_variants", "excluded", "n_items",
+                                         "n_predicted")}
     js = write_json_atomic(reports_dir / f"{name}.json", tables)
     png = None
     score = result["score"]
@@ -113,6 +123,9 @@ def collect_ours(runs: Mapping[str, str | Path],
                  scores: Mapping[str, Mapping[str, float]] | None = None) -> dict:
     """Our numbers per paper column, from result files.
 
+    MuchoMusic takes the run's LLM-judge score when it has one (``score_variants.llm_judge``):
+    the paper's MuchoMusic numbers are judge scores. Otherwise the official rule's accuracy.
+
     Args:
         runs: ``{row name: run folder}``; a row named as in a paper table lines up with it.
         scores: extra ``{row: {column: accuracy}}`` (e.g. MMAU test as returned by the server).
@@ -123,7 +136,11 @@ def collect_ours(runs: Mapping[str, str | Path],
     bench, per_task = {}, {}
     for row, run in runs.items():
         for name, r in read_results(run).items():
-            if r.get("accuracy") is not None:
+            # The paper's MuchoMusic numbers are LLM-judge scores: set a judged run beside them.
+            judged = (r.get("score_variants") or {}).get("llm_judge")
+            if judged and judged["total"]["accuracy"] is not None:
+                bench.setdefault(row, {})[name] = judged["total"]["accuracy"]
+            elif r.get("accuracy") is not None:
                 bench.setdefault(row, {})[name] = r["accuracy"]
             if name == "mmau_test_mini" and r.get("score"):
                 tasks = r["score"]["groups"].get("task", {})
