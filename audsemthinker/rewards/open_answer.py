@@ -1,4 +1,4 @@
-"""Open-answer reward: similarity of the ``<answer>`` to a free-text reference (issue 9).
+"""Open-answer reward: similarity of the ``<answer>`` to a free-text reference.
 
 GRPO hurt open-ended tasks in the paper because their answers are hard to verify. Two ways to
 score them: a lexical score (token F1 or ROUGE-L, no dependency, milliseconds) and an LLM judge
