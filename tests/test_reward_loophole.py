@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,19 @@ def words(n: int) -> str:
     return " ".join(["w"] * n)
 
 
-def total(config: str, completion: str, gold: str = GOLD, choices=CHOICES, **override) -> float:
+@functools.cache
+def _rewards(config: str, no_think: str | None):
     spec = yaml.safe_load((REPO / "configs/reward" / config).read_text())["rewards"]
     for entry in spec:
-        if entry["name"] == "length":
-            entry.update(override)
-    funcs, weights = build_rewards(spec)
+        if entry["name"] == "length" and no_think is not None:
+            entry["no_think"] = no_think
+    return build_rewards(spec)
+
+
+def total(config: str, completion: str, gold: str = GOLD, choices=CHOICES,
+          no_think: str | None = None) -> float:
+    """The summed, weighted reward of a shipped reward config (optionally another no_think)."""
+    funcs, weights = _rewards(config, no_think)
     return sum(w * f(completions=[completion], answer=[gold], choices=[choices])[0]
                for f, w in zip(funcs, weights))
 
