@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -260,17 +260,3 @@ def write_examples(jsonl_path: str | Path, rows: Iterable[dict]) -> int:
         for row in rows:
             w.write(row)
     return w.count
-
-
-def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any | Exception]]:
-    """``(line number, parsed value or the JSONDecodeError)`` for each non-blank line.
-
-    For builders reading source files, which count a malformed line and go on.
-    """
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield n, e
