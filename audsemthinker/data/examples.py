@@ -178,6 +178,11 @@ def _map_message(message: Any, fn) -> Any:
     return {**message, "content": parts}
 
 
+def map_audio(row: dict, fn) -> dict:
+    """A copy of ``row`` with ``fn`` applied to every audio path it names."""
+    return _map_audio(row, fn)
+
+
 def audio_paths(row: dict) -> list[str]:
     """Every audio path a row names (the ``audio`` column and message audio parts)."""
     seen: list[str] = []
