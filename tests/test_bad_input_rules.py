@@ -144,3 +144,24 @@ def test_quiet_noise_of_a_real_recording_passes(tmp_path):
     path = tmp_path / "n.wav"
     sf.write(str(path), noise, 16000, subtype="PCM_16")
     assert len(load_audio(path)) == 16000
+
+
+# --------------------------------------------------------------------------------------------
+# One cap on clip length
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("root, data", [("config", "audsem_semantic"), ("config", "synthetic"),
+                                        ("build_data", "mmau_test_mini"),
+                                        ("build_data", "muchomusic")])
+def test_one_setting_caps_audio_in_every_stage(root, data):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from audsemthinker.train.sft import audio_cap
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose(config_name=root, overrides=[f"data={data}", "max_audio_seconds=7"])
+    assert cfg.data.audio.max_seconds == 7
+    if root == "config":
+        assert cfg.eval.max_audio_seconds == 7 and audio_cap(cfg) == 7.0
