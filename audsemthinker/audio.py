@@ -85,7 +85,8 @@ def _read_soundfile(path: Path, max_seconds: float | None, on_long: str):
                 raise AudioError("too_long", path, f"{frames / sr:.2f} s > {max_seconds} s")
             frames = int(math.ceil(max_seconds * sr))
         data = f.read(frames, dtype="float32", always_2d=True)
-    if len(data) < frames:
+        exact = f.format != "MPEG"  # libsndfile estimates an MP3's length from its bitrate
+    if exact and len(data) < frames:
         raise AudioError("truncated", path, f"{len(data)} of {frames} frames decoded")
     return data.T, sr  # (channels, samples)
 

@@ -165,3 +165,29 @@ def test_one_setting_caps_audio_in_every_stage(root, data):
     assert cfg.data.audio.max_seconds == 7
     if root == "config":
         assert cfg.eval.max_audio_seconds == 7 and audio_cap(cfg) == 7.0
+
+
+def test_hub_audio_paths_stay_inside_audio_dir(tmp_path, monkeypatch):
+    """A hub row whose audio is a path (no bytes) names a local file: only under audio_dir."""
+    import datasets
+    from fixtures_audio import audsem_meta
+
+    from audsemthinker.data.registry import Skip
+    from audsemthinker.data.sources import from_hub
+
+    class FakeStream(list):
+        features = None
+
+    write_tone(tmp_path / "clips" / "in.wav", 440)
+    rows = FakeStream([{"__key__": k, "json": audsem_meta(k), "audio": {"path": p}} for k, p in
+                       (("abs", "/etc/passwd"), ("up", "../x.wav"), ("in", "in.wav"))])
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: rows)
+    got = list(from_hub("any/hub", "mc_qa", ("train",), {}, tmp_path / "clips"))
+    assert [(g.id, g.reason) for g in got[:2]] == [("abs", "path_outside_root"),
+                                                  ("up", "path_outside_root")]
+    assert all(isinstance(g, Skip) for g in got[:2])
+    assert got[2][1] == "in" and got[2][3] == tmp_path / "clips" / "in.wav"
+    assert [g.reason for g in from_hub("any/hub", "mc_qa", ("train",), {})] == [
+        "path_outside_root"] * 3  # no audio_dir: no local path is trusted
+    allowed = list(from_hub("any/hub", "mc_qa", ("train",), {}, tmp_path / "clips", True))
+    assert [str(g[3]) for g in allowed][:1] == ["/etc/passwd"]
