@@ -265,3 +265,12 @@ def write_examples(jsonl_path: str | Path, rows: Iterable[dict]) -> int:
         for row in rows:
             w.write(row)
     return w.count
+
+
+def iter_json_lines(path: str | Path):
+    """:func:`audsemthinker.data.readers.iter_json_lines`, which reads JSONL *sources* (one
+    counted error per unreadable line); imported here lazily because readers imports RowError
+    from this module."""
+    from audsemthinker.data.readers import iter_json_lines as read
+
+    return read(path)
