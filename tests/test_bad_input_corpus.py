@@ -189,7 +189,6 @@ def test_sft_trains_over_the_corpus_and_names_the_skipped_row(corpus, tmp_path, 
     assert skipped["by_reason"] == {"skipped:audio:truncated": 1}
 
 
-@pytest.mark.slow  # ~25 s on two busy cores: one GRPO step on the tiny model
 def test_grpo_leaves_out_the_broken_row_by_name(corpus, tmp_path, tiny_full_dir):
     import torch
     from test_sft import compose_sft
