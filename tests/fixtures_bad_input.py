@@ -61,6 +61,7 @@ EXPECTED = {
         "malformed_json": {"records:13"}, "not_utf8": {"records:12"},
         "bad_choices": {"nested"}, "near_silent": {"quiet"}, "truncated": {"cut"},
     },
+    "shards": {"malformed_json": {"tardeep"}},
     "csv": {"cell_too_large": {"records:4"}, "malformed_row": {"records:5"},
             "not_utf8": {"records:6"}},
     "mmau": {"missing_field": {"mnullq", "mnulla", "memptya"},
@@ -143,6 +144,8 @@ def _shards(c: Corpus) -> tuple[str, ...]:
         meta = audsem_meta(key)
         members.append((key, "json", json.dumps(meta).encode()))
         members.append((key, "flac", flac_bytes(freq_of(key))))
+    deep = b'{"question": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+    members += [("tardeep", "json", deep), ("tardeep", "flac", flac_bytes(700.0))]
     c.shards.mkdir(parents=True, exist_ok=True)
     with tarfile.open(c.shards / "a.tar", "w", format=tarfile.PAX_FORMAT) as tar:
         for key, ext, data in members:

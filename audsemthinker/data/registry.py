@@ -300,8 +300,9 @@ def _store_capped(row: dict, wave: Any, audio_root: Path, item_id: str) -> dict:
 
     The truncated clip is written once at build time (16 kHz mono FLAC) under
     ``audio/capped/`` (a folder the builders never write, so no name meets theirs), so every
-    later reader gets the row's ``duration`` whatever cap it applies. A full-length file the
-    builder wrote for this row alone is removed; a source file outside the dataset stays.
+    later reader gets the row's ``duration`` whatever cap it applies. The full-length file the
+    builder wrote under this row's name is removed (other rows' hard links to the same bytes
+    keep theirs); a source file outside the dataset folder stays.
     """
     import os
 

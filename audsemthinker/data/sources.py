@@ -91,6 +91,8 @@ def _json_or_error(raw: bytes | str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         return e
+    except RecursionError:
+        return ValueError("nested too deeply to parse")
 
 
 def _read_records(path: Path) -> Iterator[tuple[int, Any]]:
