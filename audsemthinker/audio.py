@@ -18,9 +18,17 @@ SAMPLE_RATE = 16000
 """The thinker's audio front end rate (Whisper features); every clip is resampled to it."""
 
 ON_LONG = ("truncate", "skip")
-REASONS = ("missing", "empty_file", "undecodable", "non_finite", "too_short", "too_long",
-           "silent")
+REASONS = ("missing", "bad_path", "empty_file", "undecodable", "truncated", "non_finite",
+           "too_short", "too_long", "silent", "near_silent")
 """Every ``AudioError.reason``; build reports count skips under these names."""
+
+SILENCE_DBFS = -60.0
+"""Clips whose RMS level is below this (dB re full scale) are refused as ``near_silent``.
+
+-60 dBFS is about 1/1000 of full scale: inaudible at any ordinary listening level, and the
+level of a download that holds only dither or a hiss of 16-bit rounding noise. The quietest
+real field recordings sit well above it (AudSem clips are filtered for a described sound).
+"""
 
 
 class AudioError(ValueError):
@@ -37,17 +45,49 @@ class AudioError(ValueError):
         super().__init__(f"{reason}: {path}" + (f" ({detail})" if detail else ""))
 
 
+def wav_shortfall(path: str | Path) -> int:
+    """Bytes a RIFF/WAVE file's ``data`` chunk declares beyond the end of the file (0 if none).
+
+    libsndfile quietly shortens such a file to what is there, so a download cut half-way plays
+    its first half while the row's text describes the whole clip. A size of 0 or 0xFFFFFFFF
+    (written by streaming encoders that do not know the length) is not a claim and counts as 0.
+    """
+    import struct
+
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, length = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                if length in (0, 0xFFFFFFFF):
+                    return 0
+                return max(0, pos + 8 + length - size)
+            pos += 8 + length + (length & 1)
+    return 0
+
+
 def _read_soundfile(path: Path, max_seconds: float | None, on_long: str):
     """Decode with libsndfile, reading only the frames that will be kept."""
     import soundfile as sf
 
     with sf.SoundFile(str(path)) as f:
         sr, frames = f.samplerate, f.frames
+        if f.format in ("WAV", "WAVEX", "RF64") and wav_shortfall(path) > 0:
+            raise AudioError("truncated", path, f"the data chunk runs {wav_shortfall(path)} "
+                             "bytes past the end of the file")
         if max_seconds is not None and frames > max_seconds * sr:
             if on_long == "skip":
                 raise AudioError("too_long", path, f"{frames / sr:.2f} s > {max_seconds} s")
             frames = int(math.ceil(max_seconds * sr))
         data = f.read(frames, dtype="float32", always_2d=True)
+        exact = f.format != "MPEG"  # libsndfile estimates an MP3's length from its bitrate
+    if exact and len(data) < frames:
+        raise AudioError("truncated", path, f"{len(data)} of {frames} frames decoded")
     return data.T, sr  # (channels, samples)
 
 
@@ -64,6 +104,26 @@ def _read_librosa(path: Path, max_seconds: float | None, on_long: str):
     if max_seconds is not None and on_long == "skip" and data.shape[1] > max_seconds * sr:
         raise AudioError("too_long", path, f"{data.shape[1] / sr:.2f} s > {max_seconds} s")
     return data, int(sr)
+
+
+def _check_path(path: str | Path) -> Path:
+    """``path`` as a Path that names an existing, non-empty file, or the AudioError why not.
+
+    A path from a data row can hold a NUL byte or a name past the file system's limit; the
+    ``os.stat`` behind ``is_file`` raises on those instead of answering False.
+    """
+    if "\0" in str(path):
+        raise AudioError("bad_path", repr(str(path))[:200], "NUL byte in the path")
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise AudioError("missing", path)
+        if path.stat().st_size == 0:
+            raise AudioError("empty_file", path)
+    except OSError as e:
+        raise AudioError("bad_path", str(path)[:200], f"{type(e).__name__}: {e.strerror}"
+                         ) from None
+    return path
 
 
 def load_audio(path: str | Path, max_seconds: float | None = None, on_long: str = "truncate",
@@ -85,20 +145,19 @@ def load_audio(path: str | Path, max_seconds: float | None = None, on_long: str 
         A 1-D contiguous float32 array at :data:`SAMPLE_RATE`.
 
     Raises:
-        AudioError: ``missing`` (no such file), ``empty_file`` (zero bytes), ``undecodable``
-            (no decoder reads it, e.g. non-audio bytes or a truncated FLAC), ``non_finite``
-            (NaN/inf samples), ``too_short``, ``too_long`` (with ``on_long="skip"``), ``silent``
+        AudioError: ``missing`` (no such file), ``bad_path`` (a name the file system refuses:
+            too long, NUL byte), ``empty_file`` (zero bytes), ``undecodable`` (no decoder reads
+            it, e.g. non-audio bytes or a FLAC cut in its first frames), ``truncated`` (the
+            header declares more audio than the file holds: a WAV data chunk past the end of
+            the file, or fewer frames decoded than declared), ``non_finite`` (NaN/inf
+            samples), ``too_short``, ``too_long`` (with ``on_long="skip"``), ``silent``
             (all-zero or constant: the signature of a failed download or a broken encoder,
-            never of a real recording).
+            never of a real recording), ``near_silent`` (RMS below :data:`SILENCE_DBFS`).
         ValueError: an unknown ``on_long``.
     """
     if on_long not in ON_LONG:
         raise ValueError(f"on_long must be one of {ON_LONG}, got {on_long!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError("missing", path)
-    if path.stat().st_size == 0:
-        raise AudioError("empty_file", path)
+    path = _check_path(path)
     try:
         data, sr = _read_soundfile(path, max_seconds, on_long)
     except AudioError:
@@ -121,11 +180,20 @@ def load_audio(path: str | Path, max_seconds: float | None = None, on_long: str 
     # Checked before resampling: the filter's edges would make a constant signal non-constant.
     if audio.max() == audio.min():
         raise AudioError("silent", path, f"constant value {float(audio[0])}")
+    level = rms_dbfs(audio)
+    if level < SILENCE_DBFS:
+        raise AudioError("near_silent", path, f"RMS {level:.1f} dBFS < {SILENCE_DBFS:g} dBFS")
     if sr != SAMPLE_RATE:
         import librosa
 
         audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE, res_type="soxr_hq")
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def rms_dbfs(audio: np.ndarray) -> float:
+    """RMS level of a waveform in dB re full scale (-inf for all zeros)."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 
 def duration_seconds(audio: np.ndarray) -> float:
@@ -144,13 +212,14 @@ def audio_problem(path: str | Path) -> str | None:
     """
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        return "missing"
-    if path.stat().st_size == 0:
-        return "empty_file"
+    try:
+        path = _check_path(path)
+    except AudioError as e:
+        return e.reason
     try:
         info = sf.info(str(path))
+        if info.format in ("WAV", "WAVEX") and wav_shortfall(path) > 0:
+            return "truncated"
         return None if info.frames > 0 else "empty_file"
     except Exception:
         try:

@@ -37,17 +37,53 @@ from audsemthinker.data.sources import from_hub, from_records, from_shards
 CONFIGS = ("aac", "qa", "mc_qa", "creative_qa")
 
 
+MAX_NAME = 100
+"""Longest file-name stem kept from a key (file systems stop at 255 bytes)."""
+_PLAIN = re.compile(r"[a-z0-9_\-][a-z0-9_.\-]*")
+_HASH_TAIL = re.compile(r"-[0-9a-f]{10}$")
+_NUMERIC = re.compile(r"\d+")
+
+
 def safe_name(key: str) -> str:
-    """A file name for an item key; keys that needed changing get a hash so none collide."""
-    safe = re.sub(r"[^\w.\-]+", "_", str(key)).strip("._") or "item"
-    return safe if safe == key else f"{safe}-{hashlib.sha1(str(key).encode()).hexdigest()[:8]}"
+    """A file name for an item key, different for every key.
+
+    A key is used as is only when it is plain lowercase ASCII (so it means one file on a
+    case-insensitive file system too), at most :data:`MAX_NAME` long, and does not itself end
+    like a hashed name. Every other key becomes its cleaned, shortened form plus a hash of the
+    whole key: ``"clip a"`` and a literal ``"clip_a-<hash>"`` cannot meet on one file, and a
+    key longer than the file-system limit still gets a name.
+    """
+    key = str(key)
+    if _PLAIN.fullmatch(key) and len(key) <= MAX_NAME and not _HASH_TAIL.search(key):
+        return key
+    safe = re.sub(r"[^A-Za-z0-9_.\-]+", "_", key).strip("._")[:MAX_NAME] or "item"
+    return f"{safe}-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
+
+
+def _choice_order(keys: list) -> list:
+    """Mapping keys in option order: letters alphabetically, numbers numerically (a string sort
+    puts ``"10"`` before ``"2"``).
+
+    Raises:
+        RowError: ``bad_choices`` for keys that are neither all letters nor all numbers.
+    """
+    text = [str(k).strip() for k in keys]
+    if all(_NUMERIC.fullmatch(k) for k in text):
+        return [k for _, k in sorted(zip((int(t) for t in text), keys))]
+    if all(len(k) == 1 and k.isalpha() for k in text):
+        return [k for _, k in sorted(zip((t.upper() for t in text), keys))]
+    raise RowError("bad_choices", f"choice keys {text[:8]!r} are neither letters nor numbers")
 
 
 def parse_choices(value: Any) -> list[str] | None:
     """Choices as a list of texts from a list, a ``{"A": text}`` mapping or their JSON/repr string.
 
-    A leading ``"A. "`` on every option (in letter order) is dropped: :func:`format.mc_question`
-    adds the letters.
+    A mapping is read in option order (``A, B, ...`` or ``1, 2, ..., 10``). A leading ``"A. "``
+    on every option (in letter order) is dropped: :func:`format.mc_question` adds the letters.
+
+    Raises:
+        RowError: ``bad_choices``: unparsable text, nesting past the parser's limit, an option
+            that is not a string or number, or mapping keys that are not an option order.
     """
     if value is None or (isinstance(value, float) and value != value) or value == "":
         return None
@@ -56,15 +92,20 @@ def parse_choices(value: Any) -> list[str] | None:
             import json
 
             value = json.loads(value)
+        except RecursionError:
+            raise RowError("bad_choices", "choices nested too deeply") from None
         except ValueError:
             try:
                 value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, RecursionError, MemoryError, TypeError):
                 raise RowError("bad_choices", f"cannot parse choices {value[:80]!r}") from None
     if isinstance(value, dict):
-        value = [v for _, v in sorted(value.items(), key=lambda kv: str(kv[0]))]
+        value = [value[k] for k in _choice_order(list(value))]
     if not isinstance(value, (list, tuple)):
         raise RowError("bad_choices", f"choices of type {type(value).__name__}")
+    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        kinds = sorted({type(v).__name__ for v in value})
+        raise RowError("bad_choices", f"options must be texts, got {kinds}")
     out = [str(v).strip() for v in value]
     prefixes = [f"{fmt.OPTION_LETTERS[i]}. " for i in range(min(len(out), 26))]
     if out and all(c.startswith(p) for c, p in zip(out, prefixes)):
@@ -99,9 +140,20 @@ class _AudioStore:
     def __init__(self, folder: Path, to_16k: bool):
         self.folder, self.to_16k = folder, to_16k
         self.by_hash: dict[str, Path] = {}
+        self.owner: dict[str, str] = {}
 
     def path_for(self, key: str, ext: str) -> Path:
-        return (self.folder / f"{safe_name(key)}.{'flac' if self.to_16k else ext}").resolve()
+        """The file for ``key``'s audio, claimed for it alone.
+
+        Raises:
+            RowError: ``name_collision`` if another key already holds the name (file names are
+                compared case-folded, as a case-insensitive file system would).
+        """
+        path = (self.folder / f"{safe_name(key)}.{'flac' if self.to_16k else ext}").resolve()
+        holder = self.owner.setdefault(str(path).casefold(), key)
+        if holder != key:
+            raise RowError("name_collision", f"{path.name} already holds {holder!r}")
+        return path
 
     def put(self, path: Path, data: bytes, ext: str) -> Path:
         """Write ``data`` to ``path``.
@@ -181,7 +233,7 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
            splits: list[str] | tuple[str, ...] = ("train", "valid"), kind: str = "sft",
            prepend_instruction: bool = True, length_budget: int | None = None,
            valid_fraction: float | None = None, seed: int = 42, limit: int | None = None,
-           store_16k: bool = True):
+           store_16k: bool = True, allow_outside_root: bool = False):
     """Yield AudSem rows of one config from shards, local records or the hub.
 
     Args:
@@ -204,6 +256,9 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
         limit: stop after this many rows (quick builds).
         store_16k: store tar/hub audio as 16 kHz mono FLAC (decoded once at build time)
             instead of the source bytes; records always keep pointing at their own files.
+        allow_outside_root: accept record ``file_name`` values (and hub audio paths) that
+            are absolute or climb out of ``audio_dir``; off by default, such rows are skipped
+            as ``path_outside_root``.
 
     Raises:
         ValueError: not exactly one source, an unknown config, or records without audio_dir.
@@ -221,9 +276,10 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
     if shards:
         source = from_shards(shards, splits)
     elif records:
-        source = from_records(records, audio_dir)
+        source = from_records(records, audio_dir, allow_outside_root)
     else:
-        source = from_hub(str(hub), config, splits, dict(hub_kwargs or {}))
+        source = from_hub(str(hub), config, splits, dict(hub_kwargs or {}), audio_dir,
+                          allow_outside_root)
     store = _AudioStore(Path(out_dir) / "audio", to_16k=store_16k)
     yield Meta({"config": config, "variant": variant, "source": given[0],
                 "valid_fraction": valid_fraction, "seed": seed})
@@ -237,6 +293,9 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
             yield Skip(key, "duplicate_id", f"split {split}")
             continue
         seen.add(key)
+        if isinstance(meta, RowError):
+            yield Skip(key, meta.reason, meta.detail)
+            continue
         if isinstance(meta, Exception) or (meta is not None and not isinstance(meta, dict)):
             yield Skip(key, "malformed_json", str(meta)[:200])
             continue
@@ -254,8 +313,9 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
         clip = str(meta.get("file_name") or key)
         if valid_fraction and split == "train" and holdout(clip, seed, valid_fraction):
             split = "valid"
-        path = store.path_for(key, audio[1]) if isinstance(audio, tuple) else Path(audio).resolve()
         try:
+            path = store.path_for(key, audio[1]) if isinstance(audio, tuple) else \
+                Path(audio).resolve()
             row = make_row(id=key, audio=str(path), task=config, variant=variant,
                            prepend_instruction=prepend_instruction, length_budget=length_budget,
                            source="audsem", file_name=clip, **fields)
@@ -267,6 +327,9 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
                 store.put(path, *audio)
             except AudioError as e:
                 yield Skip(key, e.reason, e.detail)
+                continue
+            except OSError as e:  # disk full, permissions: name the row, keep building
+                yield Skip(key, "audio_write_failed", f"{type(e).__name__}: {e}")
                 continue
         yield split, row
         n_rows += 1

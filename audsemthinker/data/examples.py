@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,11 @@ def _map_message(message: Any, fn) -> Any:
     return {**message, "content": parts}
 
 
+def map_audio(row: dict, fn) -> dict:
+    """A copy of ``row`` with ``fn`` applied to every audio path it names."""
+    return _map_audio(row, fn)
+
+
 def audio_paths(row: dict) -> list[str]:
     """Every audio path a row names (the ``audio`` column and message audio parts)."""
     seen: list[str] = []
@@ -262,15 +267,10 @@ def write_examples(jsonl_path: str | Path, rows: Iterable[dict]) -> int:
     return w.count
 
 
-def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any | Exception]]:
-    """``(line number, parsed value or the JSONDecodeError)`` for each non-blank line.
+def iter_json_lines(path: str | Path):
+    """:func:`audsemthinker.data.readers.iter_json_lines`, which reads JSONL *sources* (one
+    counted error per unreadable line); imported here lazily because readers imports RowError
+    from this module."""
+    from audsemthinker.data.readers import iter_json_lines as read
 
-    For builders reading source files, which count a malformed line and go on.
-    """
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield n, e
+    return read(path)

@@ -189,8 +189,9 @@ def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
         out_dir: the dataset folder; audio the builder creates goes under ``out_dir/audio``.
         strict: raise :class:`BuildError` at the first bad item instead of skipping it.
         max_seconds: longest clip (None: no limit); see ``on_long``.
-        on_long: ``truncate`` (keep the row; loaders cut the clip) or ``skip`` (reason
-            ``too_long``).
+        on_long: ``truncate`` (keep the row with the clip's first ``max_seconds``, stored as
+            ``out_dir/audio/capped/<id>.flac`` so the file holds what the row's ``duration``
+            says) or ``skip`` (reason ``too_long``).
         min_seconds: shortest clip kept (reason ``too_short``).
         check_audio: decode every row's audio (durations, broken files). Turning it off trusts
             the source and leaves durations empty.
@@ -267,6 +268,9 @@ def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
                 row["duration"] = round(n_samples / 16000, 3)
                 if max_seconds is not None and row["duration"] >= max_seconds - 1e-3:
                     report.at_max_seconds += 1
+                    if _longer_than(row["audio"], max_seconds):
+                        row = _store_capped(row, wave, audio_root, item_id)
+                        report.capped += 1
             seen.add(item_id)
             if split not in writers:
                 writers[split] = stack.enter_context(ExampleWriter(out / f"{split}.jsonl"))
@@ -279,6 +283,44 @@ def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
     log.info("built %s: kept %d, skipped %d -> %s", name, report.total_kept,
              report.total_skipped, path)
     return report
+
+
+def _longer_than(path: str, seconds: float) -> bool:
+    """Whether the source file holds more than ``seconds`` (True when its header is unread)."""
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).duration > seconds + 1e-6
+    except Exception:
+        return True
+
+
+def _store_capped(row: dict, wave: Any, audio_root: Path, item_id: str) -> dict:
+    """``row`` pointing at a copy of its clip cut to what ``load_audio`` kept.
+
+    The truncated clip is written once at build time (16 kHz mono FLAC) under
+    ``audio/capped/`` (a folder the builders never write, so no name meets theirs), so every
+    later reader gets the row's ``duration`` whatever cap it applies. The full-length file the
+    builder wrote under this row's name is removed (other rows' hard links to the same bytes
+    keep theirs); a source file outside the dataset folder stays.
+    """
+    import os
+
+    import soundfile as sf
+
+    from audsemthinker.audio import SAMPLE_RATE
+    from audsemthinker.data.audsem import safe_name
+    from audsemthinker.data.examples import map_audio
+
+    old = Path(row["audio"])
+    new = audio_root / "capped" / f"{safe_name(item_id)}.flac"
+    new.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new.with_name(new.name + ".tmp")
+    sf.write(str(tmp), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, new)
+    if old.resolve().parent == audio_root:
+        old.unlink(missing_ok=True)
+    return map_audio(row, lambda p: str(new) if Path(p) == old else p)
 
 
 def _progress(stack: ExitStack, enabled: bool, name: str):

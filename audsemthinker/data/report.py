@@ -34,6 +34,7 @@ class BuildReport:
     meta: dict[str, Any] = field(default_factory=dict)
     audio_checks: dict[str, Any] = field(default_factory=dict)
     at_max_seconds: int = 0
+    capped: int = 0
     durations: list[float] = field(default_factory=list)
     tokens: dict[str, list[int]] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -102,7 +103,8 @@ class BuildReport:
                  f"- output: `{self.out_dir}`", f"- strict: {self.strict}",
                  f"- kept: {self.total_kept} ({splits})",
                  f"- skipped: {self.total_skipped}",
-                 f"- clips at the max_seconds limit (truncated): {self.at_max_seconds}",
+                 f"- clips at the max_seconds limit: {self.at_max_seconds} "
+                 f"({self.capped} longer sources stored cut to it)",
                  f"- build time: {self.elapsed_s:.1f} s", ""]
         if self.meta:
             lines += ["## Source", ""] + [f"- {k}: {v}" for k, v in self.meta.items()] + [""]

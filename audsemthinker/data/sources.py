@@ -8,7 +8,6 @@ the hub, a ``Path`` for records, or None when the sample has none; or a
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -17,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from audsemthinker.data.examples import iter_json_lines
+from audsemthinker.data.examples import RowError
+from audsemthinker.data.paths import confined
+from audsemthinker.data.readers import iter_json_lines, read_csv
 from audsemthinker.data.registry import Skip
 
 AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus", "m4a")
@@ -90,28 +91,38 @@ def _json_or_error(raw: bytes | str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         return e
+    except RecursionError:
+        return ValueError("nested too deeply to parse")
 
 
 def _read_records(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            yield from enumerate(csv.DictReader(f), 2)
+        yield from read_csv(path)[1]
     else:
         yield from iter_json_lines(path)
 
 
-def _find_audio(audio_dir: Path, meta: dict) -> Path | None:
+def _find_audio(audio_dir: Path, meta: dict, allow_outside: bool) -> Path | None:
+    """The clip a record names, confined to ``audio_dir``.
+
+    Raises:
+        RowError: the name leaves ``audio_dir`` (or is not a usable path).
+    """
     name = str(meta.get("audio") or meta.get("audio_path") or meta.get("file_name") or "")
     if not name:
         return None
-    base = audio_dir / name
-    for cand in (base, *(base.with_name(base.name + "." + e) for e in AUDIO_EXTS)):
-        if cand.is_file():
-            return cand
+    base = confined(audio_dir, name, allow_outside)
+    try:
+        for cand in (base, *(base.with_name(base.name + "." + e) for e in AUDIO_EXTS)):
+            if cand.is_file():
+                return cand
+    except OSError as e:  # a name past the file system's limit: stat raises, not False
+        raise RowError("bad_path", f"{name[:100]!r}: {e.strerror}") from None
     return base  # load_audio reports it as missing
 
 
-def from_records(records: Any, audio_dir: str | Path | None) -> Iterator:
+def from_records(records: Any, audio_dir: str | Path | None,
+                 allow_outside: bool = False) -> Iterator:
     if audio_dir is None:
         raise ValueError("audsem: records need audio_dir (the folder holding the clips)")
     spec = records if isinstance(records, dict) else {"train": records}
@@ -119,14 +130,20 @@ def from_records(records: Any, audio_dir: str | Path | None) -> Iterator:
         path = Path(str(path))
         for n, meta in _read_records(path):
             key = f"{path.stem}:{n}"
-            if isinstance(meta, dict):
-                key = str(meta.get("id") or meta.get("__key__") or key)
-                yield split, key, meta, _find_audio(Path(str(audio_dir)), meta)
-            else:
+            if not isinstance(meta, dict):
                 yield split, key, meta, None
+                continue
+            key = str(meta.get("id") or meta.get("__key__") or key)
+            try:
+                audio = _find_audio(Path(str(audio_dir)), meta, allow_outside)
+            except RowError as e:
+                yield Skip(key, e.reason, e.detail)
+                continue
+            yield split, key, meta, audio
 
 
-def from_hub(hub: str, config: str, splits: tuple[str, ...], hub_kwargs: dict) -> Iterator:
+def from_hub(hub: str, config: str, splits: tuple[str, ...], hub_kwargs: dict,
+             audio_dir: str | Path | None = None, allow_outside: bool = False) -> Iterator:
     try:
         from datasets import Audio, Value, load_dataset
     except ImportError as e:  # pragma: no cover - datasets is a dependency
@@ -152,5 +169,12 @@ def from_hub(hub: str, config: str, splits: tuple[str, ...], hub_kwargs: dict) -
                 ext = Path(str(audio.get("path") or "x.flac")).suffix.lstrip(".") or "flac"
                 audio = (audio["bytes"], ext)
             elif isinstance(audio, dict) and audio.get("path"):
-                audio = Path(audio["path"])
+                try:  # a path without bytes names a local file: only under audio_dir
+                    if audio_dir is None and not allow_outside:
+                        raise RowError("path_outside_root", f"{str(audio['path'])[:200]!r}: "
+                                       "hub audio given as a path needs audio_dir")
+                    audio = confined(audio_dir or ".", str(audio["path"]), allow_outside)
+                except RowError as e:
+                    yield Skip(key, e.reason, e.detail)
+                    continue
             yield split, key, meta, audio

@@ -230,7 +230,13 @@ def build_grpo_trainer(cfg: DictConfig):
     from audsemthinker.train.fast import fast_settings
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
     from audsemthinker.train.judge_log import JudgeStatsCallback
-    from audsemthinker.train.sft import TRACE_ENV, load_split, split_file, trace_callback
+    from audsemthinker.train.sft import (
+        TRACE_ENV,
+        audio_cap,
+        load_split,
+        split_file,
+        trace_callback,
+    )
 
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
@@ -254,7 +260,7 @@ def build_grpo_trainer(cfg: DictConfig):
         train_dataset=to_dataset(grpo_rows(rows["train"])), processing_class=processor,
         callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
-        max_audio_seconds=OmegaConf.select(cfg, "data.audio.max_seconds", default=None),
+        max_audio_seconds=audio_cap(cfg),
         fast=fast_settings(cfg).grpo)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)

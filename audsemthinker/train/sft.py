@@ -169,6 +169,15 @@ def index_dataset(start: int, stop: int):
     return Dataset.from_dict({"row": list(range(start, stop))})
 
 
+def audio_cap(cfg: DictConfig) -> float | None:
+    """Seconds of each clip training reads: the cap the data was built with
+    (``data.audio.max_seconds``, which configs take from the root ``max_audio_seconds``)."""
+    cap = OmegaConf.select(cfg, "data.audio.max_seconds", default=None)
+    if cap is None:
+        cap = OmegaConf.select(cfg, "max_audio_seconds", default=None)
+    return None if cap is None else float(cap)
+
+
 def load_model(cfg: DictConfig):
     """Thinker + processor + LoRA (or full fine-tuning) as the config says."""
     from audsemthinker.config import to_dataclass
@@ -225,8 +234,8 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         n = compile_decoder_layers(model)
         log.info("fast.sft.compile_layers: %d decoder layers compiled", n)
     collator = AudioCollator(processor, pad_side="right", max_length=args.max_length,
-                             audio_override=audio_override,
-                             skip_log=run_dir / SKIP_LOG)
+                             audio_override=audio_override, skip_log=run_dir / SKIP_LOG,
+                             max_audio_seconds=audio_cap(cfg))
     use_eval = args.eval_strategy != "no" and bool(rows["valid"])
     if args.eval_strategy != "no" and not use_eval:
         log.warning("train.sft.eval_strategy=%s but %s is empty: no eval loss this run",
