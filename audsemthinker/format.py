@@ -28,7 +28,7 @@ FORMAT_PATTERNS = {
     ),
     "simple": re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL),
 }
-"""Exact fullmatch patterns of the paper's format reward (SPEC section 6)."""
+"""Exact fullmatch patterns of the paper's format reward (docs/recipe.md)."""
 
 
 def first_block(text: str, tag: str) -> str | None:
@@ -56,7 +56,7 @@ def check_variant(variant: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The nine sound semantic descriptor categories (SPEC section 2)
+# The nine sound semantic descriptor categories (docs/recipe.md)
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Category:
@@ -173,7 +173,7 @@ def parse_semantic_elements(block: str) -> dict[str, list[str]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Prompts (SPEC section 4)
+# Prompts (docs/recipe.md)
 # --------------------------------------------------------------------------------------------
 SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
@@ -272,7 +272,7 @@ def user_prompt(question: str, choices: list[str] | None = None, variant: str = 
     return f"{prefix}\n{body}"
 
 
-# Evaluation prompt templates, selectable by name (BENCHMARKS.md).
+# Evaluation prompt templates, selectable by name (docs/scoring.md).
 R1_AQA_TEMPLATE = ("{question} Please choose the answer from the following options: "
                    "{choices}. Output the final answer in <answer> </answer>.")
 MUCHOMUSIC_TEMPLATE = "Question: {question}\n Options: {options} \n The correct answer is: "
