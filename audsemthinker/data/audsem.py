@@ -35,9 +35,9 @@ from typing import Any
 
 from audsemthinker import format as fmt
 from audsemthinker.audio import AudioError
+from audsemthinker.data.audsem_layouts import SplitStart, column_map, from_csv, remap
 from audsemthinker.data.examples import RowError, row_maker
 from audsemthinker.data.registry import Meta, Skip, holdout, register_builder
-from audsemthinker.data.audsem_layouts import SplitStart, column_map, from_csv, remap
 from audsemthinker.data.sources import from_hub, from_records, from_shards
 
 CONFIGS = ("aac", "qa", "mc_qa", "creative_qa")
