@@ -164,12 +164,16 @@ def download_clips(refs: Iterable[str], out_dir: str | Path,
         if len(examples[reason]) < 5:
             examples[reason].append(f"{name}: {detail}"[:300])
 
+    seen: set[str] = set()
     with open(out / LOG_NAME, "a", encoding="utf-8") as log:
         for ref in refs:
             clip = parse_clip(ref)
             if clip is None:
                 fail(str(ref), "not_a_clip", "not '<video id> (<start>-<end>)'")
                 continue
+            if clip.name in seen:  # several QA rows name one clip
+                continue
+            seen.add(clip.name)
             if existing_clip(out, clip.name):
                 summary["present"] += 1
                 continue
