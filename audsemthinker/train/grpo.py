@@ -230,6 +230,7 @@ def build_grpo_trainer(cfg: DictConfig):
     from audsemthinker.train.fast import fast_settings
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
     from audsemthinker.train.judge_log import JudgeStatsCallback
+    from audsemthinker.train.sampler_mismatch import sampler_settings
     from audsemthinker.train.sft import (
         TRACE_ENV,
         audio_cap,
@@ -261,7 +262,7 @@ def build_grpo_trainer(cfg: DictConfig):
         callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
         max_audio_seconds=audio_cap(cfg),
-        fast=fast_settings(cfg).grpo)
+        fast=fast_settings(cfg).grpo, sampler=sampler_settings(cfg))
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)
     log.info("GRPO: %d train rows from %s, rewards %s (weights %s), lora=%s, beta=%s, run_dir=%s",
