@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_decode import _config, _inputs, prompts  # noqa: F401  (a fixture)
+from test_decode import _config, _inputs
 from test_grpo_audio import _args, tone_rows
 
 from audsemthinker.config import ConfigError
@@ -26,6 +26,13 @@ from audsemthinker.train.sampler_mismatch import (
     mismatch_stats,
     sampler_settings,
 )
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    from test_prefix_share import SPECS, _prompt_rows
+
+    return _prompt_rows(tmp_path_factory.mktemp("clips"), SPECS[:3])
 
 
 def _numpy_stats(sampler, trainer, mask, threshold):

@@ -36,7 +36,6 @@ from audsemthinker.train.grpo_fast import (
     off_reasons,
 )
 from audsemthinker.train.prefix_share import shared_prompt_blocker
-from audsemthinker.train.sampler_mismatch import SamplerMismatch, SamplerSettings
 from audsemthinker.train.rollout import (
     AudioEncodingCache,
     LoraSnapshot,
@@ -45,6 +44,7 @@ from audsemthinker.train.rollout import (
     merged_lora,
     same_tower,
 )
+from audsemthinker.train.sampler_mismatch import SamplerMismatch, SamplerSettings
 from audsemthinker.train.shared_scoring import (
     head_unsupported,
     shared_logps_and_entropies,
