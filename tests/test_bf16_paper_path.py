@@ -44,6 +44,15 @@ def bf16_sft(tmp_path_factory, tiny_full_dir):
     return cfg, trainer, result, seen, final
 
 
+@pytest.fixture(scope="module")
+def bf16_export(bf16_sft, tmp_path_factory):
+    """The bf16 run's adapter merged into its bf16 base (``export_merged``)."""
+    from audsemthinker.train.export import export_merged
+
+    cfg, _, _, _, final = bf16_sft
+    return export_merged(final, cfg.model, tmp_path_factory.mktemp("bf16_export") / "merged")
+
+
 def test_bf16_lora_sft_steps_train_in_bf16_and_stay_finite(bf16_sft):
     _, trainer, result, seen, _ = bf16_sft
     model = trainer.model
@@ -71,17 +80,16 @@ def _gap_by_hand(adapter_logps, merged_logps, probe, threshold):
             (np.abs(a - m) > threshold).mean(), "kl": kl.mean()}
 
 
-def test_bf16_export_records_the_merge_gap_a_direct_comparison_finds(bf16_sft, tmp_path):
+def test_bf16_export_records_the_merge_gap_a_direct_comparison_finds(bf16_sft, bf16_export):
     from peft import PeftModel
     from safetensors import safe_open
 
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.model.processor import build_processor
-    from audsemthinker.train.export import export_merged
     from audsemthinker.train.merge_gap import probe_batch, token_logps
 
     cfg, _, _, _, final = bf16_sft
-    out = export_merged(final, cfg.model, tmp_path / "merged")
+    out = bf16_export
     info = json.loads((out / "export_info.json").read_text())
     gap = info["merge_gap"]
     assert info["dtype"] == "bfloat16" and info["kind"] == "adapter"
@@ -102,14 +110,12 @@ def test_bf16_export_records_the_merge_gap_a_direct_comparison_finds(bf16_sft, t
     assert gap["mean_abs_diff"] > 0 and gap["kl"] > 0
 
 
-def test_bf16_export_generates_and_scores_held_out_rows(bf16_sft, tmp_path):
+def test_bf16_export_generates_and_scores_held_out_rows(bf16_sft, bf16_export):
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.model.processor import build_processor
-    from audsemthinker.train.export import export_merged
     from audsemthinker.train.sft import heldout_accuracy, load_split
 
-    cfg, _, _, _, final = bf16_sft
-    out = export_merged(final, cfg.model, tmp_path / "merged")
+    cfg, out = bf16_sft[0], bf16_export
     model = load_thinker(ModelConfig(name_or_path=str(out), dtype="bfloat16"))
     seen = set()
     model.lm_head.register_forward_hook(lambda _m, _a, o: seen.add(o.dtype))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -62,16 +63,37 @@ def test_bad_sampler_settings_fail_naming_the_key(bad, match):
         sampler_settings({"sampler": bad})
 
 
-def test_the_shipped_config_measures_and_does_not_correct():
-    from hydra import compose, initialize_config_dir
-    from test_sft import CONFIGS
+def test_the_shipped_config_measures_and_the_sampler_section_reaches_the_trainer(
+        tmp_path, tiny_full_dir):
+    from test_sft import build_synthetic, compose_sft
 
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["sampler.correction=true",
-                                                       "sampler.cap=3"])
-    assert sampler_settings(cfg) == SamplerSettings(correction=True, cap=3.0)
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        assert sampler_settings(compose(config_name="config")) == SamplerSettings()
+    from audsemthinker.train.grpo import build_grpo_trainer
+
+    data = build_synthetic(tmp_path / "data", n_train=4, n_test=0)
+    cfg = compose_sft(tmp_path, tiny_full_dir, data, ["reward=simple", "lora=lm_attn"])
+    assert sampler_settings(cfg) == SamplerSettings()  # measure, do not correct
+    cfg = compose_sft(tmp_path, tiny_full_dir, data, [
+        "reward=simple", "lora=lm_attn", "sampler.correction=true", "sampler.cap=3",
+        "sampler.mode=sequence_truncate"])
+    trainer, _ = build_grpo_trainer(cfg)
+    assert trainer.sampler.settings == SamplerSettings(correction=True, cap=3.0,
+                                                       mode="sequence_truncate")
+    assert (trainer.vllm_importance_sampling_mode, trainer.vllm_importance_sampling_clip_max) \
+        == ("sequence_truncate", 3.0)
+    assert not trainer.use_vllm
+
+
+def test_run_reports_carry_the_mismatch_curve(tmp_path):
+    from audsemthinker.train.sampler_mismatch import mismatch_curves
+
+    lines = [{"step": 1, "loss": 0.1, "sampling/mismatch/kl": 0.2,
+              "sampling/mismatch/mean_abs_diff": 0.3},
+             {"step": 2, "loss": 0.1},
+             {"step": 3, "sampling/mismatch/kl": 0.05, "sampling/mismatch/mean_abs_diff": 0.1}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 4, "sampl')
+    assert mismatch_curves(path) == {"kl": {"steps": [1, 3], "values": [0.2, 0.05]},
+                                     "mean_abs_diff": {"steps": [1, 3], "values": [0.3, 0.1]}}
 
 
 # --------------------------------------------------------------------------------------------

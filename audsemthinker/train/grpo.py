@@ -335,11 +335,13 @@ def run_grpo(cfg: DictConfig) -> dict:
 
     Returns:
         The report dict: ``heldout`` (split, accuracy before/after in percent), ``rewards``
-        (curve summaries per reward), ``global_step``, ``merged``.
+        (curve summaries per reward), ``sampler_mismatch`` (``sampling/mismatch/*`` per logged
+        step), ``global_step``, ``merged``.
     """
     from audsemthinker.eval.report import write_json_atomic
     from audsemthinker.model.processor import save_processor
     from audsemthinker.train.export import export_merged
+    from audsemthinker.train.sampler_mismatch import mismatch_curves
     from audsemthinker.train.sft import heldout_accuracy
 
     trainer, info = build_grpo_trainer(cfg)
@@ -376,6 +378,7 @@ def run_grpo(cfg: DictConfig) -> dict:
             "reward_names": info["reward_names"], "skipped_rows": info["skipped_rows"],
             "reward_weights": trainer.reward_weights.tolist(),
             "rewards": reward_summary(run_dir / "metrics.jsonl"),
+            "sampler_mismatch": mismatch_curves(run_dir / "metrics.jsonl"),
             "rewards_plot": str(png) if png else None,
             "heldout": {"split": split, "n": len(held_rows),
                         "before": before, "after": after,

@@ -221,3 +221,19 @@ class SamplerMismatch:
         stack.enter_context(self._as_vllm(trainer))
         trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
         return stack
+
+
+def mismatch_curves(metrics_path) -> dict[str, dict]:
+    """``sampling/mismatch/*`` from a run's ``metrics.jsonl``: per number, its steps and values.
+
+    For run reports (``grpo_report.json``): how the mismatch moved over training. Empty when
+    nothing was measured.
+    """
+    from audsemthinker.train.common import read_metrics
+
+    records = read_metrics(metrics_path)
+    out = {}
+    for key in sorted({k for r in records for k in r if k.startswith("sampling/mismatch/")}):
+        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        out[key.rsplit("/", 1)[1]] = {"steps": [s for s, _ in pts], "values": [v for _, v in pts]}
+    return out
