@@ -210,8 +210,9 @@ def test_bf16_lora_step_logs_the_mismatch_of_its_own_rollouts(tmp_path, tiny_ful
     # TRL's own vLLM metric, computed by TRL from the same tensors, agrees
     assert logs["sampling/sampling_logp_difference/mean"] == pytest.approx(
         want["mean_abs_diff"], rel=1e-5)
-    # merged bf16 rollouts and the unmerged bf16 adapter are two computations: they disagree
-    assert want["mean_abs_diff"] > 1e-4
+    # the sampler renormalises over the non-suppressed tokens, the trainer does not, and bf16
+    # merged vs unmerged rounding adds to it: never exactly equal
+    assert want["mean_abs_diff"] > 0 and want["kl"] > 0
 
 
 def _hand_made_step(tmp_path, model_dir, processor, correction: bool, monkeypatch):
