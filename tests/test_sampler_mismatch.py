@@ -76,7 +76,7 @@ def test_the_shipped_config_measures_and_the_sampler_section_reaches_the_trainer
         "reward=simple", "lora=lm_attn", "sampler.correction=true", "sampler.cap=3",
         "sampler.mode=sequence_truncate"])
     trainer, _ = build_grpo_trainer(cfg)
-    assert trainer.sampler.settings == SamplerSettings(correction=True, cap=3.0,
+    assert trainer.mismatch.settings == SamplerSettings(correction=True, cap=3.0,
                                                        mode="sequence_truncate")
     assert (trainer.vllm_importance_sampling_mode, trainer.vllm_importance_sampling_clip_max) \
         == ("sequence_truncate", 3.0)
@@ -220,7 +220,7 @@ def _hand_made_step(tmp_path, model_dir, processor, correction: bool, monkeypatc
     trainer, rows = _trainer(tmp_path, model_dir, processor,
                              SamplerSettings(correction=correction, cap=2.0), dtype="float32",
                              per_device_train_batch_size=4, gradient_accumulation_steps=1)
-    recorder = trainer.sampler.recorder
+    recorder = trainer.mismatch.recorder
 
     def hand_made(completion_ids):
         recorder.last = None
@@ -271,3 +271,23 @@ def test_the_correction_weights_the_loss_by_the_capped_ratio(tmp_path, tiny_full
         assert loss == pytest.approx(_grpo_loss(advantages, torch.ones_like(mask), mask),
                                      rel=1e-4, abs=1e-6)
     assert not trainer.use_vllm  # TRL's switch is back off after scoring and loss
+
+
+def test_trl_still_gates_its_sampling_correction_as_we_drive_it():
+    """Canary: what :class:`SamplerMismatch` relies on in TRL's private code (trl 1.16)."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    gate = "self.use_vllm and self.vllm_importance_sampling_correction"
+    score = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    for needle in (gate, "sampling_per_token_logps", "old_per_token_logps",
+                   "self.vllm_importance_sampling_mode", "self.vllm_importance_sampling_clip_max",
+                   'output["importance_sampling_ratio"]',
+                   '"sampling/sampling_logp_difference/mean"'):
+        assert needle in score, needle
+    assert gate in inspect.getsource(GRPOTrainer._compute_loss)
+    assert 'per_token_loss * inputs["importance_sampling_ratio"]' in \
+        inspect.getsource(GRPOTrainer._compute_loss)
+    assert "return completion_ids, logprobs" in \
+        inspect.getsource(GRPOTrainer._generate_single_turn)

@@ -224,7 +224,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         if beta != 0.0 and ref_model is not None:
             self.ref_model = self._prepare_ref_model(ref_model)
         self._setup_fast(fast if fast is not None else GRPOFast())
-        self.sampler = SamplerMismatch(self, sampler if sampler is not None else SamplerSettings())
+        self.mismatch = SamplerMismatch(self, sampler or SamplerSettings())
 
     # ---------------------------------------------------------------------------------------
     # Fast paths (issue 8): the decisions and swaps live in grpo_fast.py
@@ -269,7 +269,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
                               has_tool_images=False):
         model = self.accelerator.unwrap_model(self.model_wrapped)
-        recorder = self.sampler.recorder
+        recorder = self.mismatch.recorder
         with contextlib.ExitStack() as stack:
             if self._fast_on("merged_rollouts"):
                 if self._lora_snapshot is None:  # first rollout: after any checkpoint loaded
@@ -283,7 +283,7 @@ class AudioGRPOTrainer(GRPOTrainer):
                     model, lambda **kw: recorder.generate(model, **kw)))
             ids, _ = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
                                                    num_generations, has_tool_images)
-        return ids, self.sampler.generated(self, ids)
+        return ids, self.mismatch.generated(self, ids)
 
     def _prepare_ref_model(self, ref):
         """What TRL's constructor does to the reference it loads itself (trl 1.16.0)."""
@@ -361,12 +361,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         if self.audio_cache is not None:
             self.audio_cache.clear()
         try:
-            with self.sampler.scoring(self):
+            with self.mismatch.scoring(self):
                 out = super()._generate_and_score_completions(inputs)
             audio = self._active_audio
         finally:
             self._active_audio = None
-        self.sampler.log(self, out)
+        self.mismatch.log(self, out)
         if audio is not None:
             device = out["prompt_ids"].device
             out["input_features"] = audio.input_features.to(device)
@@ -376,7 +376,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         self._active_audio = AudioRows.from_batch(inputs)
         try:
-            with self.sampler.loss(self, inputs):
+            with self.mismatch.loss(self, inputs):
                 return super()._compute_loss(model, inputs)
         finally:
             self._active_audio = None
