@@ -165,10 +165,15 @@ class SamplerMismatch:
         """Point TRL's importance-sampling settings at ``settings`` (mode, cap).
 
         Raises:
-            ValueError: the trainer already samples with vLLM (TRL owns that path).
+            ValueError: the trainer already samples with vLLM (TRL owns that path), or the
+                "vespo" loss with a sequence-level correction (TRL's vespo takes token ratios).
         """
         if trainer.use_vllm:
             raise ValueError("sampler settings apply to our own sampler, not to vLLM")
+        if settings.correction and trainer.loss_type == "vespo" and \
+                not settings.mode.startswith("token_"):
+            raise ValueError(f"sampler.mode={settings.mode!r}: the vespo loss needs "
+                             "token_truncate or token_mask")
         self.settings = settings
         self.recorder = SamplerLogps() if settings.measure else None
         trainer.vllm_importance_sampling_mode = settings.mode
@@ -213,14 +218,15 @@ class SamplerMismatch:
         for name, value in means.items():
             trainer._metrics[mode][f"sampling/mismatch/{name}"].append(value)
 
-    def loss(self, trainer, inputs: dict):
+    @contextlib.contextmanager
+    def loss(self, trainer, inputs: dict) -> Iterator[None]:
         """Around TRL's ``_compute_loss``: with the correction on, TRL applies the ratio."""
         if not (self.settings.correction and "importance_sampling_ratio" in inputs):
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(self._as_vllm(trainer))
-        trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
-        return stack
+            yield
+            return
+        with self._as_vllm(trainer):
+            trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
+            yield
 
 
 def mismatch_curves(metrics_path) -> dict[str, dict]:
