@@ -132,6 +132,9 @@ def test_the_sampler_records_the_log_probs_it_drew_from(tiny_model, tiny_process
     else:
         torch.manual_seed(0)
         sequences = recorder.generate(tiny_model, **inputs, generation_config=cfg)
+    torch.manual_seed(0)  # recording changes nothing about what is drawn
+    plain = tiny_model.generate(**inputs, generation_config=cfg)
+    assert torch.equal(sequences, plain)
     new = sequences.size(1) - inputs["input_ids"].size(1)
     got = recorder.take([[0] * new] * sequences.size(0))
     want = _forward_logps(tiny_model, inputs, sequences, cfg)
