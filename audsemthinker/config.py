@@ -145,6 +145,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         from audsemthinker.train.fast import fast_settings
 
         fast_settings(cfg)
+    if cfg.get("sampler") is not None:
+        from audsemthinker.train.sampler_mismatch import sampler_settings
+
+        sampler_settings(cfg)
     return cfg
 
 

@@ -183,7 +183,8 @@ def _prefill(thinker, input_ids, attention_mask, positions, input_features,
 def sample_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   generation_config: GenerationConfig, input_features: torch.Tensor | None = None,
                   feature_attention_mask: torch.Tensor | None = None, static_cache: bool = False,
-                  compile: bool = False, compile_backend: str | None = None) -> torch.LongTensor:
+                  compile: bool = False, compile_backend: str | None = None,
+                  return_logprobs: bool = False):
     """``model.generate(...)`` for left-padded audio/text prompts, each distinct one prefilled once.
 
     Args:
@@ -200,10 +201,16 @@ def sample_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
             process and reused across calls.
         compile_backend: None compiles with ``mode="reduce-overhead"`` (CUDA graphs on GPU);
             a backend name (``"eager"``, ``"aot_eager"``) is for cheap checks on CPU.
+        return_logprobs: also return, per new token, its log-probability under the distribution
+            it was drawn from (the processed scores: temperature, top-k/p, suppressed tokens),
+            in float32: what the sampler believes, for the sampler/trainer mismatch
+            (:mod:`audsemthinker.train.sampler_mismatch`).
 
     Returns:
         ``[B, P + n]`` prompt columns then ``n <= max_new_tokens`` new tokens; a row holds
         ``pad_token_id`` after its first EOS; ``n`` stops at the step where every row is done.
+        With ``return_logprobs``: ``(sequences, [B, n] log-probs)`` (a finished row's entries
+        after its EOS are meaningless).
 
     Raises:
         NotImplementedError: a setting :func:`decode_blocker` refuses, images or video.
@@ -237,6 +244,7 @@ def sample_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     full_mask = torch.cat([mask, mask.new_ones(batch, max_new)], dim=1)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     step = _compiled_step(compile_backend) if compile else _one_token_step
+    logprobs = []
 
     was_training = model.training
     model.eval()
@@ -252,6 +260,8 @@ def sample_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                     tokens = torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
                 else:
                     tokens = scores.argmax(-1)
+                if return_logprobs:
+                    logprobs.append(scores.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1))
                 if eos is not None:
                     tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
                     unfinished &= ~torch.isin(tokens, eos)
@@ -267,4 +277,6 @@ def sample_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                     logits = logits.clone()  # CUDA-graph outputs are overwritten by the next replay
     finally:
         model.train(was_training)
+    if return_logprobs:
+        return out[:, :length], torch.stack(logprobs, dim=1)
     return out[:, :length]

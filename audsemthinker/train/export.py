@@ -63,7 +63,9 @@ def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path)
         out_dir: the folder to write.
 
     Returns:
-        ``out_dir``.
+        ``out_dir``. Its ``export_info.json`` records the source, base and dtype and, for an
+        adapter, ``merge_gap``: how far the merged weights' log-probs are from the adapter's
+        on a fixed probe batch (``audsemthinker.train.merge_gap``).
 
     Raises:
         FileNotFoundError: nothing trained at ``adapter_or_run_dir``.
@@ -75,24 +77,34 @@ def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path)
     src, kind = find_trained(adapter_or_run_dir)
     mcfg = base_cfg if isinstance(base_cfg, ModelConfig) else to_dataclass(base_cfg, ModelConfig)
     mcfg = dataclasses.replace(mcfg, tiny=False)
+    processor = build_processor(str(src) if _has_tokenizer(src) else mcfg.name_or_path)
+    gap = None
     if kind == "adapter":
         from peft import PeftModel
+
+        from audsemthinker.train.merge_gap import merge_gap, probe_batch, token_logps
 
         recorded = json.loads((src / "adapter_config.json").read_text()).get(
             "base_model_name_or_path")
         if recorded and Path(str(recorded)).name != Path(mcfg.name_or_path).name:
             log.warning("adapter %s was trained on %s; merging into %s", src, recorded,
                         mcfg.name_or_path)
-        model = PeftModel.from_pretrained(load_thinker(mcfg), str(src)).merge_and_unload()
+        adapter = PeftModel.from_pretrained(load_thinker(mcfg), str(src))
+        probe = probe_batch(processor)
+        before = token_logps(adapter, probe)
+        model = adapter.merge_and_unload()
+        gap = merge_gap(before, token_logps(model, probe), probe)
+        log.info("merged vs adapter log-probs on the probe batch: %s", gap)
     else:
         model = load_thinker(dataclasses.replace(mcfg, name_or_path=str(src)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
-    processor = build_processor(str(src) if _has_tokenizer(src) else mcfg.name_or_path)
     save_processor(processor, out)
-    (out / "export_info.json").write_text(json.dumps(
-        {"source": str(src), "kind": kind, "base": mcfg.name_or_path, "dtype": mcfg.dtype},
-        indent=2))
+    from audsemthinker.eval.report import write_json_atomic
+
+    write_json_atomic(out / "export_info.json", {
+        "source": str(src), "kind": kind, "base": mcfg.name_or_path, "dtype": mcfg.dtype,
+        "merge_gap": gap})
     log.info("exported %s (%s) merged into %s -> %s", src, kind, mcfg.name_or_path, out)
     return out

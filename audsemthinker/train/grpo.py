@@ -230,6 +230,7 @@ def build_grpo_trainer(cfg: DictConfig):
     from audsemthinker.train.fast import fast_settings
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
     from audsemthinker.train.judge_log import JudgeStatsCallback
+    from audsemthinker.train.sampler_mismatch import sampler_settings
     from audsemthinker.train.sft import (
         TRACE_ENV,
         audio_cap,
@@ -261,7 +262,7 @@ def build_grpo_trainer(cfg: DictConfig):
         callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
         max_audio_seconds=audio_cap(cfg),
-        fast=fast_settings(cfg).grpo)
+        fast=fast_settings(cfg).grpo, sampler=sampler_settings(cfg))
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)
     log.info("GRPO: %d train rows from %s, rewards %s (weights %s), lora=%s, beta=%s, run_dir=%s",
@@ -334,11 +335,13 @@ def run_grpo(cfg: DictConfig) -> dict:
 
     Returns:
         The report dict: ``heldout`` (split, accuracy before/after in percent), ``rewards``
-        (curve summaries per reward), ``global_step``, ``merged``.
+        (curve summaries per reward), ``sampler_mismatch`` (``sampling/mismatch/*`` per logged
+        step), ``global_step``, ``merged``.
     """
     from audsemthinker.eval.report import write_json_atomic
     from audsemthinker.model.processor import save_processor
     from audsemthinker.train.export import export_merged
+    from audsemthinker.train.sampler_mismatch import mismatch_curves
     from audsemthinker.train.sft import heldout_accuracy
 
     trainer, info = build_grpo_trainer(cfg)
@@ -375,6 +378,7 @@ def run_grpo(cfg: DictConfig) -> dict:
             "reward_names": info["reward_names"], "skipped_rows": info["skipped_rows"],
             "reward_weights": trainer.reward_weights.tolist(),
             "rewards": reward_summary(run_dir / "metrics.jsonl"),
+            "sampler_mismatch": mismatch_curves(run_dir / "metrics.jsonl"),
             "rewards_plot": str(png) if png else None,
             "heldout": {"split": split, "n": len(held_rows),
                         "before": before, "after": after,

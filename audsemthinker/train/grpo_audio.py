@@ -44,6 +44,7 @@ from audsemthinker.train.rollout import (
     merged_lora,
     same_tower,
 )
+from audsemthinker.train.sampler_mismatch import SamplerMismatch, SamplerSettings
 from audsemthinker.train.shared_scoring import (
     head_unsupported,
     shared_logps_and_entropies,
@@ -149,6 +150,11 @@ class AudioGRPOTrainer(GRPOTrainer):
       ``fast.grpo.decode_loop`` the ``generate`` call inside it runs ``decode.sample_shared``
       (each prompt prefilled once; ``grpo_fast.generate_replaced``), also off under ZeRO-3 and
       FSDP. Which switches cannot run here, and why, is ``grpo_fast.off_reasons``.
+    - Sampler/trainer mismatch (``sampler_mismatch.SamplerMismatch``, ``sampler`` config):
+      ``_generate_single_turn`` returns the log-probs the sampler recorded (decode loop or
+      ``generate`` with scores) where TRL's transformers path returns None, and TRL's vLLM
+      importance-sampling code scores them inside ``_generate_and_score_completions`` (and
+      applies the capped ratio in ``_compute_loss`` when ``sampler.correction`` is on).
     - ``_save`` (private, ``transformers.Trainer``): ``ProcessorMixin.save_pretrained`` refuses
       our video-less processor, so the Trainer saves the tokenizer and we write the other
       processor files (``save_processor``) beside it.
@@ -156,7 +162,8 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def __init__(self, model, reward_funcs, args, train_dataset=None, eval_dataset=None,
                  processing_class=None, ref_model=None, max_audio_seconds: float | None = None,
-                 fast: GRPOFast | None = None, **kwargs):
+                 fast: GRPOFast | None = None, sampler: SamplerSettings | None = None,
+                 **kwargs):
         """Build the trainer.
 
         Args:
@@ -171,6 +178,8 @@ class AudioGRPOTrainer(GRPOTrainer):
                 ``load_thinker`` from the policy's folder); must be None with LoRA.
             max_audio_seconds: clip audio longer than this when loading (None: keep all).
             fast: the ``fast.grpo`` switches (``audsemthinker.train.fast``); None: all on.
+            sampler: sampler/trainer mismatch measurement and correction
+                (``audsemthinker.train.sampler_mismatch``); None: the defaults.
             **kwargs: passed to ``trl.GRPOTrainer`` (callbacks, optimizers, ...).
 
         Raises:
@@ -215,6 +224,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         if beta != 0.0 and ref_model is not None:
             self.ref_model = self._prepare_ref_model(ref_model)
         self._setup_fast(fast if fast is not None else GRPOFast())
+        self.mismatch = SamplerMismatch(self, sampler or SamplerSettings())
 
     # ---------------------------------------------------------------------------------------
     # Fast paths: the decisions and swaps live in grpo_fast.py
@@ -259,6 +269,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
                               has_tool_images=False):
         model = self.accelerator.unwrap_model(self.model_wrapped)
+        recorder = self.mismatch.recorder
         with contextlib.ExitStack() as stack:
             if self._fast_on("merged_rollouts"):
                 if self._lora_snapshot is None:  # first rollout: after any checkpoint loaded
@@ -266,9 +277,13 @@ class AudioGRPOTrainer(GRPOTrainer):
                 stack.enter_context(merged_lora(model, self._lora_snapshot))
             if self._fast_on("decode_loop"):
                 stack.enter_context(generate_replaced(model, loop_generate(
-                    model, self.fast, self._logged, self.decode_loop_stats)))
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields,
-                                                 num_generations, has_tool_images)
+                    model, self.fast, self._logged, self.decode_loop_stats, recorder)))
+            elif recorder is not None:
+                stack.enter_context(generate_replaced(
+                    model, lambda **kw: recorder.generate(model, **kw)))
+            ids, _ = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                   num_generations, has_tool_images)
+        return ids, self.mismatch.generated(self, ids)
 
     def _prepare_ref_model(self, ref):
         """What TRL's constructor does to the reference it loads itself (trl 1.16.0)."""
@@ -346,10 +361,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         if self.audio_cache is not None:
             self.audio_cache.clear()
         try:
-            out = super()._generate_and_score_completions(inputs)
+            with self.mismatch.scoring(self):
+                out = super()._generate_and_score_completions(inputs)
             audio = self._active_audio
         finally:
             self._active_audio = None
+        self.mismatch.log(self, out)
         if audio is not None:
             device = out["prompt_ids"].device
             out["input_features"] = audio.input_features.to(device)
@@ -359,7 +376,8 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         self._active_audio = AudioRows.from_batch(inputs)
         try:
-            return super()._compute_loss(model, inputs)
+            with self.mismatch.loss(self, inputs):
+                return super()._compute_loss(model, inputs)
         finally:
             self._active_audio = None
 

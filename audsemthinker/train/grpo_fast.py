@@ -80,12 +80,13 @@ def log_once(seen: set[str], switch: str, what: str, reason: str) -> None:
         log.info("fast.grpo.%s: %s (%s)", switch, what, reason.splitlines()[0])
 
 
-def loop_generate(model, fast: GRPOFast, seen: set[str], counter: dict):
+def loop_generate(model, fast: GRPOFast, seen: set[str], counter: dict, recorder=None):
     """A ``generate`` for ``model`` that samples with ``decode.sample_shared``.
 
     A call the loop cannot serve (a generation setting it does not implement, extra arguments)
     goes to the model's own ``generate``, logged once per reason. ``counter["calls"]`` counts
-    the calls the loop served.
+    the calls the loop served. With a ``recorder`` (``sampler_mismatch.SamplerLogps``) each
+    call also records the sampled tokens' log-probs, on either path.
     """
     def generate(input_ids, attention_mask, generation_config, input_features=None,
                  feature_attention_mask=None, **other):
@@ -95,11 +96,17 @@ def loop_generate(model, fast: GRPOFast, seen: set[str], counter: dict):
             input_features=input_features, feature_attention_mask=feature_attention_mask)
         if reason:
             log_once(seen, "decode_loop", "this rollout uses generate", reason)
-            return type(model).generate(model, input_ids=input_ids, attention_mask=attention_mask,
-                                        generation_config=generation_config, **audio, **other)
+            stock = type(model).generate if recorder is None else recorder.generate
+            return stock(model, input_ids=input_ids, attention_mask=attention_mask,
+                         generation_config=generation_config, **audio, **other)
         counter["calls"] += 1
-        return sample_shared(model, input_ids, attention_mask, generation_config, **audio,
-                             static_cache=fast.static_cache, compile=fast.compile_decode)
+        out = sample_shared(model, input_ids, attention_mask, generation_config, **audio,
+                            static_cache=fast.static_cache, compile=fast.compile_decode,
+                            return_logprobs=recorder is not None)
+        if recorder is None:
+            return out
+        recorder.record(out[1])
+        return out[0]
 
     return generate
 
