@@ -87,8 +87,9 @@ def check_columns(available: Iterable[str], cmap: dict[str, str], config: str, v
         IncompleteBuild: naming the missing columns and listing the available ones.
     """
     have = set(available)
+    alias = {"file_name": {"audio", "audio_path"}}  # a path column names the clip too
     missing = [f for f in required_fields(config, variant) if cmap[f] not in have
-               and f not in have]
+               and f not in have and not alias.get(f, set()) & have]
     if missing:
         wanted = ", ".join(f"{f!r}" if cmap[f] == f else f"{f!r} (column {cmap[f]!r})"
                            for f in missing)
@@ -162,8 +163,8 @@ def csv_tables(root: str | Path, config: str, splits: tuple[str, ...]) -> dict[s
     found = {s: p for s, p in tables.items() if p.is_file()}
     if not found:
         raise IncompleteBuild(
-            f"audsem: no {'/'.join(f'{s}.csv' for s in splits)} in {folder}; the csv source "
-            f"reads the hub layout <root>/<config>/<split>.csv (download gijs/audsem's "
+            f"audsem: no {'/'.join(f'{s}.csv' for s in splits)} in {root / config}; the csv "
+            f"source reads the hub layout <root>/<config>/<split>.csv (download gijs/audsem's "
             f"{config}/ folder there), or use data.kwargs.shards=<folder> for WebDataset tars")
     return found
 
