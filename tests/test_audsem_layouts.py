@@ -209,10 +209,11 @@ def test_release_shard_schema_builds_every_config(tmp_path, config):
     own_clips(rows["train"] + rows["valid"], tmp_path / "out")
 
 
-def test_old_layout_train_shards_and_json_validation(tmp_path):
+@pytest.mark.parametrize("folder", ["valid", "validation"])
+def test_old_layout_train_shards_and_json_validation(tmp_path, folder):
     root = tmp_path / "mc_qa"
     write_webdataset_tar(root / "train" / "0000.tar", [release_sample("mc_qa", i) for i in (1, 2)])
-    valid = root / "valid"
+    valid = root / folder
     items = []
     for n, i in enumerate((5, 6), 1):  # the clips beside the JSON, named by a relative path
         write_tone(valid / "audio" / f"{n}.flac", freq(i), seconds=1.0, sr=48000, fmt="FLAC")
