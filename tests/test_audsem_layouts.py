@@ -70,9 +70,9 @@ def write_table(path: Path, rows: list[dict]) -> Path:
 
 
 def csv_layout(root: Path, config: str = "mc_qa", train=(1, 2, 3), valid=(4,),
-               missing=(), semantic: bool = True) -> tuple[Path, Path]:
-    """``<root>/tables/<config>/{train,valid}.csv`` plus ``<root>/clips/<ref>.flac`` at 48 kHz
-    (clips in ``missing`` are left out)."""
+               missing=(), semantic: bool = True, sr: int = 48000) -> tuple[Path, Path]:
+    """``<root>/tables/<config>/{train,valid}.csv`` plus ``<root>/clips/<ref>.flac`` (48 kHz,
+    as the release's audio; clips in ``missing`` are left out)."""
     tables, clips = root / "tables", root / "clips"
     for split, ids in (("train", train), ("valid", valid)):
         if not ids:
@@ -80,7 +80,7 @@ def csv_layout(root: Path, config: str = "mc_qa", train=(1, 2, 3), valid=(4,),
         write_table(tables / config / f"{split}.csv", [csv_row(config, i, semantic) for i in ids])
         for i in ids:
             if i not in missing:
-                write_tone(clips / f"{ref(i)}.flac", freq(i), seconds=1.0, sr=48000, fmt="FLAC")
+                write_tone(clips / f"{ref(i)}.flac", freq(i), seconds=1.0, sr=sr, fmt="FLAC")
     return tables, clips
 
 
@@ -209,10 +209,11 @@ def test_release_shard_schema_builds_every_config(tmp_path, config):
     own_clips(rows["train"] + rows["valid"], tmp_path / "out")
 
 
-def test_old_layout_train_shards_and_json_validation(tmp_path):
+@pytest.mark.parametrize("folder", ["valid", "validation"])
+def test_old_layout_train_shards_and_json_validation(tmp_path, folder):
     root = tmp_path / "mc_qa"
     write_webdataset_tar(root / "train" / "0000.tar", [release_sample("mc_qa", i) for i in (1, 2)])
-    valid = root / "valid"
+    valid = root / folder
     items = []
     for n, i in enumerate((5, 6), 1):  # the clips beside the JSON, named by a relative path
         write_tone(valid / "audio" / f"{n}.flac", freq(i), seconds=1.0, sr=48000, fmt="FLAC")
@@ -241,6 +242,18 @@ def _script(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
 
+def test_the_readme_command_builds_a_local_download_with_one_override(tmp_path):
+    """The default config reads ``<data_dir>/raw/audsem/<config>/<split>.csv``: only the clip
+    folder is given."""
+    tables, clips = csv_layout(tmp_path / "download", sr=16000)  # no resampler start-up
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    tables.rename(tmp_path / "data" / "raw" / "audsem")
+    proc = _script(tmp_path, f"data.kwargs.audio_dir={clips}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "data" / "audsem_semantic" / "mc_qa_sft"
+    assert [len(load_examples(out / f"{s}.jsonl")) for s in ("train", "valid")] == [3, 1]
+
+
 @pytest.mark.parametrize("case, expect", [
     ("no_audio_dir", "data.kwargs.audio_dir is not set"),
     ("wrong_columns", "available columns"),
@@ -256,6 +269,22 @@ def test_build_script_exits_nonzero_with_the_cause_in_one_line(tmp_path, case, e
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("build failed:")]
     assert expect in line and "Traceback" not in proc.stderr
+
+
+def test_records_with_the_default_config_need_no_other_source_nulled(tmp_path):
+    """``records`` given on the shipped config builds (the csv default steps aside)."""
+    from hydra import compose, initialize_config_dir
+
+    from audsemthinker.data.registry import build_from_config
+
+    tables, clips = csv_layout(tmp_path, "mc_qa")
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="build_data", overrides=[
+            "data=audsem_semantic", f"paths.data_dir={tmp_path / 'data'}",
+            f"data.kwargs.records='{tables / 'mc_qa' / '{split}.csv'}'",  # quoted for Hydra
+            f"data.kwargs.audio_dir={clips}", "data.audio.max_seconds=60"])
+    report = build_from_config(cfg.data, progress=False)
+    assert report.kept == {"train": 3, "valid": 1} and report.meta["source"] == "records"
 
 
 # --------------------------------------------------------------------------------------------

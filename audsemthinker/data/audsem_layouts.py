@@ -87,8 +87,9 @@ def check_columns(available: Iterable[str], cmap: dict[str, str], config: str, v
         IncompleteBuild: naming the missing columns and listing the available ones.
     """
     have = set(available)
+    alias = {"file_name": {"audio", "audio_path"}}  # a path column names the clip too
     missing = [f for f in required_fields(config, variant) if cmap[f] not in have
-               and f not in have]
+               and f not in have and not alias.get(f, set()) & have]
     if missing:
         wanted = ", ".join(f"{f!r}" if cmap[f] == f else f"{f!r} (column {cmap[f]!r})"
                            for f in missing)
@@ -162,8 +163,8 @@ def csv_tables(root: str | Path, config: str, splits: tuple[str, ...]) -> dict[s
     found = {s: p for s, p in tables.items() if p.is_file()}
     if not found:
         raise IncompleteBuild(
-            f"audsem: no {'/'.join(f'{s}.csv' for s in splits)} in {folder}; the csv source "
-            f"reads the hub layout <root>/<config>/<split>.csv (download gijs/audsem's "
+            f"audsem: no {'/'.join(f'{s}.csv' for s in splits)} in {root / config}; the csv "
+            f"source reads the hub layout <root>/<config>/<split>.csv (download gijs/audsem's "
             f"{config}/ folder there), or use data.kwargs.shards=<folder> for WebDataset tars")
     return found
 
@@ -186,7 +187,7 @@ def from_csv(root: str | Path, config: str, variant: str, splits: tuple[str, ...
                               f"data.kwargs.audio_dir is not set; {AUDIO_HINT}")
     if not Path(str(audio_dir)).is_dir():
         raise IncompleteBuild(f"audsem: audio_dir {audio_dir} is not a folder; {AUDIO_HINT}")
-    opened = {}
+    opened, per_clip = {}, Counter()  # one count per clip across splits: ids stay unique
     for split, path in tables.items():
         try:
             columns, rows = read_csv(path)
@@ -196,13 +197,15 @@ def from_csv(root: str | Path, config: str, variant: str, splits: tuple[str, ...
         opened[split] = rows
     for split, rows in opened.items():
         yield SplitStart(split)
-        yield from join_rows(rows, f"{config}/{split}.csv", split, audio_dir, cmap, allow_outside)
+        yield from join_rows(rows, f"{config}/{split}.csv", split, audio_dir, cmap, allow_outside,
+                             per_clip)
 
 
 def join_rows(rows: Iterable[tuple[int, Any]], where: str, split: str, audio_dir: str | Path,
-            cmap: dict[str, str], allow_outside: bool) -> Iterator:
+              cmap: dict[str, str], allow_outside: bool, per_clip: Counter | None = None
+              ) -> Iterator:
     """``(split, key, meta, clip path)`` per table row, or a Skip naming the row."""
-    per_clip: Counter = Counter()
+    per_clip = Counter() if per_clip is None else per_clip
     for n, meta in rows:
         if isinstance(meta, RowError):
             yield Skip(f"{where}:{n}", meta.reason, meta.detail)
@@ -213,7 +216,8 @@ def join_rows(rows: Iterable[tuple[int, Any]], where: str, split: str, audio_dir
         meta = remap(meta, cmap)
         ref = file_ref(meta)
         if not ref:
-            yield Skip(f"{where}:{n}", "missing_field", f"file_name (column {cmap['file_name']!r})")
+            column = cmap.get("file_name", "file_name")
+            yield Skip(f"{where}:{n}", "missing_field", f"file_name (column {column!r})")
             continue
         key = row_key(meta, clip_name(ref), per_clip)
         try:
@@ -222,7 +226,8 @@ def join_rows(rows: Iterable[tuple[int, Any]], where: str, split: str, audio_dir
             yield Skip(key, e.reason, e.detail)
             continue
         if path is None:
-            yield Skip(key, "missing_audio", f"{ref[:120]!r} not in {audio_dir}; {AUDIO_HINT}")
+            yield Skip(key, "missing_audio", f"{ref[:120]!r} not found (fetch the clips with "
+                       f"scripts/download_audsem_audio.py); looked in {audio_dir}")
             continue
         yield split, key, meta, path
 

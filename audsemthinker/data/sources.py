@@ -65,10 +65,18 @@ def _shard_files(shards: Any, splits: tuple[str, ...]) -> dict[str, list[str]]:
     if isinstance(shards, dict):
         return {s: sorted(p for g in _as_list(v) for p in _tars(g)) for s, v in shards.items()}
     root = Path(str(shards))
-    if root.is_dir() and any((root / s).is_dir() for s in splits):
-        return {s: sorted(glob.glob(str(root / s / "*.tar"))) or _json_files(root / s)
-                for s in splits}
+    folders = {s: _split_folder(root, s) for s in splits}
+    if root.is_dir() and any(f.is_dir() for f in folders.values()):
+        return {s: sorted(glob.glob(str(f / "*.tar"))) or _json_files(f)
+                for s, f in folders.items()}
     return {"train": sorted(p for g in _as_list(shards) for p in _tars(g))}
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    """``root/<split>``; the ``valid`` split also under the hub's older name ``validation``."""
+    if split == "valid" and not (root / split).is_dir() and (root / "validation").is_dir():
+        return root / "validation"
+    return root / split
 
 
 def _json_files(folder: Path) -> list[str]:
