@@ -31,9 +31,9 @@ from audsemthinker.train.sampler_mismatch import (
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
-    from test_prefix_share import SPECS, _prompt_rows
+    from test_prefix_share import PROMPT_CLIPS, _prompt_rows
 
-    return _prompt_rows(tmp_path_factory.mktemp("clips"), SPECS[:3])
+    return _prompt_rows(tmp_path_factory.mktemp("clips"), PROMPT_CLIPS[:3])
 
 
 def _numpy_stats(sampler, trainer, mask, threshold):
