@@ -304,8 +304,8 @@ def test_reward_configs_build(path):
 
 def test_build_rewards_accepts_omegaconf_containers():
     omegaconf = pytest.importorskip("omegaconf")
-    cfg = omegaconf.OmegaConf.merge({"length_budget": 25},
-                                    omegaconf.OmegaConf.load(REPO / "configs/reward/semantic_coverage.yaml"))
+    loaded = omegaconf.OmegaConf.load(REPO / "configs/reward/semantic_coverage.yaml")
+    cfg = omegaconf.OmegaConf.merge({"length_budget": 25}, loaded)
     funcs, weights = build_rewards(cfg)
     coverage = funcs[-1]
     text = semantic(elements="- Signal descriptors: loud\n- Temporal context: night")
