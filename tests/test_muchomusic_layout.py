@@ -38,10 +38,9 @@ def layout(tmp_path):
         {"caption_id": 2, "track_id": 415600, "caption": "a piano", "path": "00/415600.mp3"},
         {"caption_id": 3, "track_id": 7, "caption": "x", "path": "../../../outside.mp3"},
     ])
-    write_tone(root / "sdd" / "audio" / "00" / "415600.2min.mp3", 440, 1.0, subtype="MPEG_LAYER_III",
-               fmt="MP3")
-    write_tone(root / "sdd" / "audio" / "00" / "415600.mp3", 880, 1.0, subtype="MPEG_LAYER_III",
-               fmt="MP3")  # the full track: not what the benchmark uses
+    mp3 = {"subtype": "MPEG_LAYER_III", "fmt": "MP3"}
+    write_tone(root / "sdd" / "audio" / "00" / "415600.2min.mp3", 440, 1.0, **mp3)
+    write_tone(root / "sdd" / "audio" / "00" / "415600.mp3", 880, 1.0, **mp3)  # not the cut
     mc = _csv(root / "musiccaps" / "musiccaps-public.csv", [
         {"ytid": "-0Gj8-vB1q4", "start_s": 30, "end_s": 40, "caption": "a guitar"},
         {"ytid": "a_b-c", "start_s": 0, "end_s": 10, "caption": "a drum"},
