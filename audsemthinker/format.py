@@ -28,7 +28,7 @@ FORMAT_PATTERNS = {
     ),
     "simple": re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL),
 }
-"""Exact fullmatch patterns of the paper's format reward (SPEC section 6)."""
+"""Exact fullmatch patterns of the paper's format reward (docs/recipe.md)."""
 
 
 def first_block(text: str, tag: str) -> str | None:
@@ -56,7 +56,7 @@ def check_variant(variant: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The nine sound semantic descriptor categories (SPEC section 2)
+# The nine sound semantic descriptor categories (docs/recipe.md)
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Category:
@@ -144,36 +144,71 @@ def render_semantic_elements(elements: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
+_HEADING = re.compile(r"(?:^|(?<=\d[.)])|(?<=[-*\u2022#]))[\s*]*"
+                      r"(?P<label>[A-Za-z][A-Za-z /&'\-]{0,80}?)[\s*]*:")
+"""A candidate heading: a label and a colon at the start of a line or right after a number
+(``2.``) or a bullet; it is one only when :func:`category_key` knows the label."""
+_BULLET = re.compile(r"(?:^|\s*(?<=\S)|\s+)[-*\u2022]\s+|^\s*\d+[.)]\s+")
+_TRAILING_MARK = re.compile(r"(?:\d+[.)]|[-*\u2022#])[\s*]*$")
+_EMPTY_ITEMS = ("none", "n/a", "not present")
+
+
+def _headed_pieces(line: str) -> list[tuple[str | None, str]]:
+    """``[(category key or None, text), ...]``: a line cut before every category heading in it.
+
+    The release stored the block with its newlines removed (``1. Sound-generating agents:- a
+    dog- a man2. Physical sound sources:- a leash``), so headings can sit mid-line, glued to
+    the previous element; a number or bullet that introduces a heading is cut off the element
+    before it.
+    """
+    cuts = [(m.start("label"), m.end(), key) for m in _HEADING.finditer(line)
+            if (key := category_key(m.group("label"))) is not None]
+    if not cuts:
+        return [(None, line)]
+    pieces = [(None, line[: cuts[0][0]])]
+    for i, (_, end, key) in enumerate(cuts):
+        stop = cuts[i + 1][0] if i + 1 < len(cuts) else len(line)
+        pieces.append((key, line[end:stop]))
+    return [(k, _TRAILING_MARK.sub("", t) if i + 1 < len(pieces) else t)
+            for i, (k, t) in enumerate(pieces)]
+
+
+def _items(text: str) -> list[str]:
+    """Elements of one heading's text: bullets (``- a- b`` or ``- a``) when it has them,
+    else comma/semicolon separated."""
+    text = text.strip()
+    if not text:
+        return []
+    if _BULLET.match(text):
+        parts = _BULLET.split(text)
+    else:
+        parts = re.split(r"[,;]", text)
+    return [p.strip() for p in parts if p.strip()
+            and p.strip().lower() not in _EMPTY_ITEMS]
+
+
 def parse_semantic_elements(block: str) -> dict[str, list[str]]:
     """Parse a semantic-elements block into ``{category key: [element, ...]}``.
 
-    Accepts our one-line form (``- Name: a, b``) and the dataset's heading-plus-bullets form
-    (``1. Name:`` followed by ``- a`` lines). Unknown headings and stray text are ignored;
-    never raises on any string.
+    Accepts our one-line form (``- Name: a, b``), the dataset's heading-plus-bullets form
+    (``1. Name:`` followed by ``- a`` lines) and that form with its newlines removed, as the
+    release stores it (``1. Name:- a- b2. Other name:- c``). Unknown headings and stray text
+    are ignored; never raises on any string.
     """
     out: dict[str, list[str]] = {}
     current: str | None = None
     for raw in str(block).splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        head, sep, rest = line.partition(":")
-        key = category_key(head) if sep else None
-        if key is None and not sep and not line.lstrip("-*• ").strip():
-            continue
-        if key is not None:
-            current = key
-            items = [x.strip() for x in re.split(r"[,;]", rest) if x.strip()]
-            out.setdefault(key, []).extend(items)
-        elif current is not None and re.match(r"^[-*•]|^\d+[.)]", line):
-            item = re.sub(r"^([-*•]|\d+[.)])\s*", "", line).strip()
-            if item and item.lower() not in ("none", "n/a", "not present"):
-                out.setdefault(current, []).append(item)
+        for key, text in _headed_pieces(raw.strip()):
+            if key is not None:
+                current = key
+                out.setdefault(key, []).extend(_items(text))
+            elif current is not None and _BULLET.match(text.strip()):
+                out.setdefault(current, []).extend(_items(text))
     return {k: v for k, v in out.items() if v}
 
 
 # --------------------------------------------------------------------------------------------
-# Prompts (SPEC section 4)
+# Prompts (docs/recipe.md)
 # --------------------------------------------------------------------------------------------
 SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
@@ -311,7 +346,7 @@ def user_prompt(question: str, choices: list[str] | None = None, variant: str = 
     return f"{prefix}\n{body}"
 
 
-# Evaluation prompt templates, selectable by name (BENCHMARKS.md).
+# Evaluation prompt templates, selectable by name (docs/scoring.md).
 R1_AQA_TEMPLATE = ("{question} Please choose the answer from the following options: "
                    "{choices}. Output the final answer in <answer> </answer>.")
 MUCHOMUSIC_TEMPLATE = "Question: {question}\n Options: {options} \n The correct answer is: "

@@ -6,7 +6,7 @@
 
 It needs torch, transformers and peft only (no trl, hydra, omegaconf or librosa), so it runs as
 it is on a bare GPU machine from the repository root (``PYTHONPATH=.``). Weights are random:
-speed does not depend on them. The workload is PERF_BASELINE.md's: each sample is 64 text
+speed does not depend on them. The workload is docs/gpu_baseline.md's: each sample is 64 text
 tokens, a 10 s clip (250 audio tokens between audio bos/eos) and 192 more text tokens; LoRA r=8 on
 the language model's q/k/v/o plus ``audio_tower.proj`` (the ``lm_attn+audio_proj`` preset).
 
@@ -32,7 +32,7 @@ Rows, each as stock | ours | ratio:
   log-probs checked against the full forward's) and micro-batches that keep each prompt's rows
   together (``group_batches``; the trainer does that without gradient checkpointing).
 
-With ``--size 7b`` on one H200 the stock rows reproduce PERF_BASELINE.md (compare them first:
+With ``--size 7b`` on one H200 the stock rows reproduce docs/gpu_baseline.md (compare them first:
 a mismatch means the card or the versions differ, not that we are faster).
 """
 

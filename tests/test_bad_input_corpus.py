@@ -28,7 +28,8 @@ from audsemthinker.data.registry import build_dataset
 
 @pytest.fixture()
 def corpus(tmp_path):
-    """A fresh corpus per test (records rows point at the source clips, which tests break)."""
+    """A fresh corpus per test (with ``store_16k=False`` records rows point at the source clips,
+    which tests break)."""
     return write_bad_corpus(tmp_path / "corpus")
 
 
@@ -152,7 +153,7 @@ def test_collator_keeps_each_kept_row_with_its_own_features(corpus, tmp_path, ti
     from audsemthinker.data.collate import AudioCollator
 
     _, rows = _build("audsem", tmp_path, records=str(corpus.records_jsonl),
-                     audio_dir=str(corpus.audio_dir))
+                     audio_dir=str(corpus.audio_dir), store_16k=False)
     _break(next(r["audio"] for r in rows if r["id"] == "rec2"))
     log = tmp_path / "skips.jsonl"
     collator = AudioCollator(tiny_processor, max_audio_seconds=CAP_SECONDS, skip_log=log)
@@ -177,7 +178,7 @@ def test_sft_trains_over_the_corpus_and_names_the_skipped_row(corpus, tmp_path, 
 
     data = tmp_path / "data"
     _, rows = _build("audsem", data, records=str(corpus.records_jsonl),
-                     audio_dir=str(corpus.audio_dir))
+                     audio_dir=str(corpus.audio_dir), store_16k=False)
     _break(next(r["audio"] for r in rows if r["id"] == "rec2"))
     cfg = compose_sft(tmp_path / "run", tiny_full_dir, data, [
         "train.sft.max_steps=1", "train.sft.per_device_train_batch_size=4",
@@ -198,7 +199,8 @@ def test_grpo_leaves_out_the_broken_row_by_name(corpus, tmp_path, tiny_full_dir)
     torch.set_num_threads(2)
     data = tmp_path / "data"
     _, rows = _build("audsem", data, records=str(corpus.records_jsonl),
-                     audio_dir=str(corpus.audio_dir), kind="grpo", variant="simple")
+                     audio_dir=str(corpus.audio_dir), kind="grpo", variant="simple",
+                     store_16k=False)
     _break(next(r["audio"] for r in rows if r["id"] == "rec2"))
     cfg = compose_sft(tmp_path / "run", tiny_full_dir, data, [
         "lora=tiny", "train.grpo.max_steps=1", "train.grpo.save_strategy=no",

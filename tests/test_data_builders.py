@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
+import soundfile as sf
 from fixtures_audio import (
     MMAU_FIELDS,
     audsem_meta,
@@ -107,7 +109,10 @@ def test_audsem_local_records_and_audio_folder(tmp_path, ext):
                   audio_dir=str(audio), prepend_instruction=False)
     rows = load_examples(tmp_path / "out" / "train.jsonl")
     assert [r["id"] for r in rows] == ["c1_qa_0", "c2_qa_0"]
-    assert rows[0]["audio"] == str(audio / "c1.flac") and rows[1]["audio"] == str(audio / "c2.wav")
+    for row, freq in zip(rows, (700, 900)):  # stored at 16 kHz under out/audio, each its own
+        assert Path(row["audio"]).parent == (tmp_path / "out" / "audio").resolve()
+        assert sf.info(row["audio"]).samplerate == 16000
+        assert abs(dominant_freq(load_audio(row["audio"])) - freq) < 5
     assert rows[1]["messages"][1]["content"][1]["text"] == "What is in c2?"
     assert rows[0]["choices"] is None and rows[0]["task"] == "qa"
 

@@ -1,4 +1,4 @@
-"""The shared-prefill decode loop gives ``model.generate``'s tokens (issue 8).
+"""The shared-prefill decode loop gives ``model.generate``'s tokens.
 
 Batches are built as GRPO builds them (``AudioCollator(prompt_only=True)``: left padding, one clip
 per row, prompts and clips of different lengths), G copies per prompt, shuffled so a prompt's
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_prefix_share import SPECS, _load, _prompt_rows
+from test_prefix_share import PROMPT_CLIPS, _load, _prompt_rows
 from transformers import GenerationConfig
 
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS
@@ -21,7 +21,7 @@ NEW = 10
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory, tiny_processor):
-    return _prompt_rows(tmp_path_factory.mktemp("clips"), SPECS[:3])
+    return _prompt_rows(tmp_path_factory.mktemp("clips"), PROMPT_CLIPS[:3])
 
 
 def _inputs(processor, rows, copies: int = G, seed: int = 0):

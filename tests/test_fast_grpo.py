@@ -1,4 +1,4 @@
-"""The fast GRPO paths (issue 8) give what the stock paths give.
+"""The fast GRPO paths give what the stock paths give.
 
 - merged-LoRA generation: same greedy tokens as the PEFT-wrapped model, and the base weights are
   bit-identical afterwards, however often it runs (also in bf16, where unmerging drifts);

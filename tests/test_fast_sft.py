@@ -1,4 +1,4 @@
-"""SFT fast paths (issue 8): each switch gives the stock path's numbers.
+"""SFT fast paths: each switch gives the stock path's numbers.
 
 - chunked cross-entropy: the same loss (to ~1e-6) and the same gradient on every trainable
   parameter as the model's own full-logits loss and as TRL's SFT loss, for LoRA and full

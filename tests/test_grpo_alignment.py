@@ -1,4 +1,4 @@
-"""Each GRPO completion is scored against its own prompt's gold answer (SPEC section 6).
+"""Each GRPO completion is scored against its own prompt's gold answer (docs/recipe.md).
 
 The public release lost the group duplication and scored completions against other prompts'
 answers. Here every prompt has a DISTINCT answer and id that encode its number; a recording reward

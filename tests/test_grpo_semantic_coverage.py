@@ -1,4 +1,4 @@
-"""GRPO with ``semantic_coverage`` makes the tiny model name every target category (issue 9).
+"""GRPO with ``semantic_coverage`` makes the tiny model name every target category.
 
 Acceptance: on the synthetic task, GRPO with the paper's reward set plus ``semantic_coverage``
 raises the share of sampled completions whose ``<semantic_elements>`` block names every target

@@ -1,4 +1,4 @@
-"""Padding-free (packed) SFT batches (``fast.sft.padding_free``, issue 8).
+"""Padding-free (packed) SFT batches (``fast.sft.padding_free``).
 
 - ``pack_batch``: exact layout (tokens, per-row positions, row boundaries as transformers reads
   them, first-token labels ``-100``, audio inputs untouched), for any row lengths and padding;

@@ -1,4 +1,4 @@
-"""One prompt forward per distinct prompt gives the stock per-token log-probs (issue 8).
+"""One prompt forward per distinct prompt gives the stock per-token log-probs.
 
 Inputs are built as GRPO builds them: prompts rendered by ``AudioCollator(prompt_only=True)``
 (left padding, one clip per row, prompts and clips of different lengths), G completions per
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audsemthinker import format as fmt
-from audsemthinker.model.tokens import SPECIAL_TOKENS
+from audsemthinker.model.tokens import ADDED_TOKENS
 from audsemthinker.train.prefix_share import group_rows, shared_prompt_logps
 
 SR = 16000
@@ -102,7 +102,7 @@ def _prompt_rows(folder, specs: list[tuple[float, float, str]]) -> list[dict]:
     return rows
 
 
-SPECS = [(220, 0.5, "what?"), (440, 0.9, "which instrument plays the long melody here?"),
+PROMPT_CLIPS = [(220, 0.5, "what?"), (440, 0.9, "which instrument plays the long melody here?"),
          (330, 0.3, "and now?"), (660, 0.7, "what?")]
 
 
@@ -116,7 +116,7 @@ def _batch(processor, rows, seed: int = 0, completion_len: int = 6):
     enc = AudioCollator(processor, prompt_only=True)(rows)
     gen = torch.Generator().manual_seed(seed)
     tok = processor.tokenizer
-    top = min(tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS)  # text ids lie below
+    top = min(tok.convert_tokens_to_ids(t) for t in ADDED_TOKENS)  # text ids lie below
     n = len(rows) * G
     order = torch.randperm(n, generator=gen)
     prompt_of = torch.arange(len(rows)).repeat_interleave(G)[order]
@@ -154,7 +154,7 @@ def _spy(thinker) -> list[tuple[int, ...]]:
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory, tiny_processor):
-    return _prompt_rows(tmp_path_factory.mktemp("clips"), SPECS)
+    return _prompt_rows(tmp_path_factory.mktemp("clips"), PROMPT_CLIPS)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -170,8 +170,8 @@ def test_logps_equal_stock_and_each_prompt_runs_once(tiny_full_dir, tiny_process
         calls = list(seen)
         want = _stock(model, **inputs, temperature=temperature)
     width = inputs["input_ids"].shape[1] - 6
-    assert calls == [(len(SPECS), width), (len(SPECS) * G, 6)]
-    assert got.shape == (len(SPECS) * G, 6)
+    assert calls == [(len(PROMPT_CLIPS), width), (len(PROMPT_CLIPS) * G, 6)]
+    assert got.shape == (len(PROMPT_CLIPS) * G, 6)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

@@ -1,4 +1,4 @@
-"""The paper's GRPO rewards (SPEC section 6), the registry, and never-raise properties."""
+"""The paper's GRPO rewards (docs/recipe.md), the registry, and never-raise properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trainer's shared-prompt log-prob pass gives what TRL's fused-head pass gives (issue 8).
+"""The trainer's shared-prompt log-prob pass gives what TRL's fused-head pass gives.
 
 The reference is TRL 1.16's own per-chunk computation, run on the same rows: the thinker patched
 with ``trl.trainer.utils.add_fused_lm_head`` and called as ``GRPOTrainer
@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_prefix_share import SPECS, G, _batch, _load, _prompt_rows, _spy
+from test_prefix_share import PROMPT_CLIPS, G, _batch, _load, _prompt_rows, _spy
 from trl.trainer.utils import add_fused_lm_head
 
 from audsemthinker.train.shared_scoring import (
@@ -92,7 +92,7 @@ def test_group_shuffle_orders_groups_at_random():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
-    return _prompt_rows(tmp_path_factory.mktemp("clips"), SPECS)
+    return _prompt_rows(tmp_path_factory.mktemp("clips"), PROMPT_CLIPS)
 
 
 def _trl_pass(model, input_ids, attention_mask, logits_to_keep, input_features,
@@ -113,7 +113,7 @@ def _fused(model_dir, temperature, lora="lm_attn"):
     return model
 
 
-@pytest.mark.parametrize("max_rows, calls", [(2, 2 * len(SPECS)), (6, 4)])
+@pytest.mark.parametrize("max_rows, calls", [(2, 2 * len(PROMPT_CLIPS)), (6, 4)])
 def test_logps_and_entropies_equal_trl_with_one_forward_per_prompt(
         tiny_full_dir, tiny_processor, prompts, max_rows, calls):
     temperature = 0.7
@@ -130,8 +130,8 @@ def test_logps_and_entropies_equal_trl_with_one_forward_per_prompt(
         want_lp, want_ent = _trl_pass(model, **inputs)
     # each prompt forward runs its distinct prompts once; max_rows groups whole prompts
     assert len(shared_calls) == calls
-    assert sum(n for n, _ in shared_calls[0::2]) == len(SPECS)
-    assert stats == {"rows": len(SPECS) * G, "prompt_forwards": len(SPECS)}
+    assert sum(n for n, _ in shared_calls[0::2]) == len(PROMPT_CLIPS)
+    assert stats == {"rows": len(PROMPT_CLIPS) * G, "prompt_forwards": len(PROMPT_CLIPS)}
     pad = inputs["attention_mask"][:, -c:] == 0
     assert pad.any() and (logps[pad] == 0).all() and (ent[pad] == 0).all()
     torch.testing.assert_close(logps, want_lp, atol=1e-5, rtol=1e-5)
@@ -164,7 +164,7 @@ def test_gradients_equal_trl(tiny_full_dir, tiny_processor, prompts):
 def test_nothing_to_share_returns_none(tiny_full_dir, tiny_processor, prompts):
     model = _fused(tiny_full_dir, 1.0)
     inputs, prompt_of = _batch(tiny_processor, prompts)
-    first = [prompt_of.tolist().index(p) for p in range(len(SPECS))]  # one row per prompt
+    first = [prompt_of.tolist().index(p) for p in range(len(PROMPT_CLIPS))]  # one row per prompt
     with torch.no_grad():
         assert shared_logps_and_entropies(
             model, inputs["input_ids"][first], inputs["attention_mask"][first],

@@ -1,19 +1,24 @@
 """AudSem (``gijs/audsem``, ``gijs/audsem-simple``) as SFT or GRPO rows with audio on disk.
 
-Three sources, one row logic:
+Four sources, one row logic:
 
+- ``csv`` (the default): a local copy of the hub dataset as it is published today,
+  ``<root>/<config>/{train,valid}.csv``, text only; each row is joined to its clip in
+  ``audio_dir`` by ``file_name`` (:mod:`audsemthinker.data.audsem_layouts`).
 - ``shards``: local WebDataset tars in the published schema: per sample ``__key__``
   (``<clip>_qa_<i>``), ``flac`` and ``json`` with ``file_name, question, thinking,
   semantic_elements`` (semantic variant), ``answer``, ``choices`` (``mc_qa``). A folder holds
-  ``<split>/*.tar`` (the release layout) or the tars themselves.
+  ``<split>/*.tar`` (the release layout) or the tars themselves; a split folder of ``*.json``
+  tables (the older hub layout's validation split) is read as rows joined to clips.
 - ``records``: a local JSONL or CSV with the same fields plus an ``audio_dir`` holding the clips
   (``<file_name>`` with or without an audio extension).
 - ``hub``: a hub name through ``datasets.load_dataset`` (streaming; needs the network).
 
-Audio from tars/hub is written to ``out_dir/audio/<key>.flac``, by default re-encoded once as
-16 kHz mono FLAC (what the thinker consumes; ``store_16k=False`` keeps the source bytes), and
-identical source bytes are hard-linked, since every QA pair of a clip carries the same FLAC.
-Records keep pointing at their own files.
+Column names are mapped per config (``aac`` has ``caption`` where the others have ``answer``;
+``columns`` overrides). Every clip is written to ``out_dir/audio/<key>.flac``, by default
+re-encoded once as 16 kHz mono FLAC (what the thinker consumes; ``store_16k=False`` keeps tar
+bytes as they are and points rows at local clips), and identical sources are hard-linked, since
+every QA pair of a clip carries the same audio.
 The ``mc_qa`` shards store the question with its choices block appended and the choices as a
 ``{"A": ...}`` mapping: the question is split and re-rendered by :mod:`audsemthinker.format`,
 and the gold answer normalised to ``"B. text"``.
@@ -30,6 +35,7 @@ from typing import Any
 
 from audsemthinker import format as fmt
 from audsemthinker.audio import AudioError
+from audsemthinker.data.audsem_layouts import SplitStart, column_map, from_csv, remap
 from audsemthinker.data.examples import RowError, row_maker
 from audsemthinker.data.registry import Meta, Skip, holdout, register_builder
 from audsemthinker.data.sources import from_hub, from_records, from_shards
@@ -163,32 +169,56 @@ class _AudioStore:
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(data).hexdigest()
-        first = self.by_hash.get(digest)
         path.unlink(missing_ok=True)
-        if first is not None and first.exists():
-            try:
-                os.link(first, path)
-                return path
-            except OSError:
-                pass
+        if self._link(self.by_hash.get(digest), path):
+            return path
         tmp = path.with_name(f"{path.stem}.src.{ext}")
         tmp.write_bytes(data)
         try:
             if self.to_16k:
-                import soundfile as sf
-
-                from audsemthinker.audio import SAMPLE_RATE, load_audio
-
-                wave = load_audio(tmp, min_seconds=0.0)
-                out = path.with_name(path.name + ".tmp")
-                sf.write(str(out), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                os.replace(out, path)
+                self._write_16k(tmp, path)
             else:
                 os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         self.by_hash.setdefault(digest, path)
         return path
+
+    def put_file(self, path: Path, source: Path) -> Path:
+        """Store a local clip (records, CSV tables) at ``path`` as 16 kHz mono FLAC, decoding
+        each source file once however many rows name it.
+
+        Raises:
+            AudioError: the source is missing or does not decode to usable audio.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        src = str(Path(source).resolve())
+        path.unlink(missing_ok=True)
+        if not self._link(self.by_hash.get(src), path):
+            self._write_16k(Path(source), path)
+            self.by_hash.setdefault(src, path)
+        return path
+
+    @staticmethod
+    def _link(first: Path | None, path: Path) -> bool:
+        if first is None or not first.exists():
+            return False
+        try:
+            os.link(first, path)
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _write_16k(source: Path, path: Path) -> None:
+        import soundfile as sf
+
+        from audsemthinker.audio import SAMPLE_RATE, load_audio
+
+        wave = load_audio(source, min_seconds=0.0)
+        out = path.with_name(path.name + ".tmp")
+        sf.write(str(out), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        os.replace(out, path)
 
 
 def sample_fields(meta: dict, config: str, variant: str, key: str) -> dict:
@@ -228,63 +258,88 @@ def sample_fields(meta: dict, config: str, variant: str, key: str) -> dict:
 
 @register_builder("audsem")
 def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
-           shards: Any = None, records: Any = None, audio_dir: str | None = None,
+           csv: Any = None, shards: Any = None, records: Any = None,
+           audio_dir: str | None = None, columns: dict | None = None,
            hub: str | None = None, hub_kwargs: dict | None = None,
            splits: list[str] | tuple[str, ...] = ("train", "valid"), kind: str = "sft",
            prepend_instruction: bool = True, length_budget: int | None = None,
            valid_fraction: float | None = None, seed: int = 42, limit: int | None = None,
            store_16k: bool = True, allow_outside_root: bool = False):
-    """Yield AudSem rows of one config from shards, local records or the hub.
+    """Yield AudSem rows of one config from the hub's CSV tables, shards, records or the hub.
 
     Args:
-        out_dir: dataset folder (tar/hub audio is extracted to ``out_dir/audio``).
+        out_dir: dataset folder (audio is stored under ``out_dir/audio``).
         config: ``aac``, ``qa``, ``mc_qa`` or ``creative_qa`` (the row's ``task``).
         variant: ``semantic`` (needs ``semantic_elements``) or ``simple``.
-        shards: a folder with ``<split>/*.tar``, a folder/glob of tars (all ``train``), or
+        csv: a local copy of the hub dataset: ``<csv>/<config>/<split>.csv`` (text only; the
+            clips come from ``audio_dir``). The fallback route: used only when none of
+            ``shards`` / ``records`` / ``hub`` is given.
+        shards: a folder with ``<split>/*.tar`` (a split folder with ``*.json`` tables instead
+            is read as rows joined to clips), a folder/glob of tars (all ``train``), or
             ``{split: folder/glob/list}``.
-        records: a JSONL/CSV path (``train``) or ``{split: path}``; needs ``audio_dir``.
-        audio_dir: folder of the records' clips.
+        records: a JSONL/CSV path (``train``), a path with ``{split}`` in it, a folder of
+            ``<split>.jsonl``/``.csv``, or ``{split: path}``; needs ``audio_dir``.
+        audio_dir: folder of the clips that rows name by ``file_name`` (with or without an
+            audio extension).
+        columns: ``{field: column}`` overriding the per-config column names (defaults: the
+            release's ``file_name, question, thinking, semantic_elements, answer, choices``;
+            ``aac`` reads ``answer`` from ``caption``).
         hub: hub dataset name (``gijs/audsem``, ``gijs/audsem-simple``), loaded per split with
-            ``datasets.load_dataset(hub, name=config, split=..., streaming=True, **hub_kwargs)``.
+            ``datasets.load_dataset(hub, name=config, split=..., streaming=True, **hub_kwargs)``;
+            a text-only split is joined to ``audio_dir``.
         hub_kwargs: extra ``load_dataset`` arguments (``revision``, ``data_files``, ``name``).
-        splits: source splits read from a shard folder or the hub.
+        splits: source splits to read.
         kind: ``sft`` or ``grpo`` rows.
         prepend_instruction, length_budget: prompt options.
         valid_fraction: if set, hold out this fraction of the *clips* (by ``file_name``, so
             QA pairs of one clip never straddle splits) of ``train`` as ``valid``, seeded.
         seed: the hold-out seed.
         limit: stop after this many rows (quick builds).
-        store_16k: store tar/hub audio as 16 kHz mono FLAC (decoded once at build time)
-            instead of the source bytes; records always keep pointing at their own files.
-        allow_outside_root: accept record ``file_name`` values (and hub audio paths) that
-            are absolute or climb out of ``audio_dir``; off by default, such rows are skipped
-            as ``path_outside_root``.
+        store_16k: store every clip as 16 kHz mono FLAC under ``out_dir/audio`` (decoded once at
+            build time); off, tar/hub bytes are kept as they are and local clips are pointed at.
+        allow_outside_root: accept file references (and hub audio paths) that are absolute or
+            climb out of ``audio_dir``; off by default, such rows are skipped as
+            ``path_outside_root``.
 
     Raises:
-        ValueError: not exactly one source, an unknown config, or records without audio_dir.
+        ValueError: more than one of shards / records / hub, no source, an unknown config,
+            records without audio_dir.
         FileNotFoundError: a shard folder/glob with no tars.
-        RuntimeError: the hub cannot be reached (the message says to use ``shards``).
+        RuntimeError: the hub cannot be reached.
+        IncompleteBuild: a text-only source without ``audio_dir``, missing columns (the
+            available ones listed), no table; after the build (from the build loop): 0 rows
+            kept or a source split lost.
     """
     if config not in CONFIGS:
         raise ValueError(f"audsem: unknown config {config!r}; expected one of {CONFIGS}")
     fmt.check_variant(variant)
     make_row = row_maker(kind)
+    cmap = column_map(config, columns)
     given = [n for n, v in (("shards", shards), ("records", records), ("hub", hub)) if v]
-    if len(given) != 1:
-        raise ValueError(f"audsem: give exactly one of shards / records / hub, got {given}")
+    if len(given) > 1:
+        raise ValueError(f"audsem: give exactly one of shards / records / hub, got {given}; "
+                         f"set the others to null (e.g. data.kwargs.{given[0]}=null)")
+    if not given and not csv:
+        raise ValueError("audsem: no source: set csv (the hub tables), shards, records or hub")
     splits = tuple(splits)
     if shards:
-        source = from_shards(shards, splits)
+        source = from_shards(shards, splits, audio_dir, cmap, allow_outside_root)
     elif records:
-        source = from_records(records, audio_dir, allow_outside_root)
-    else:
+        source = from_records(records, audio_dir, allow_outside_root, splits)
+    elif hub:
         source = from_hub(str(hub), config, splits, dict(hub_kwargs or {}), audio_dir,
-                          allow_outside_root)
+                          allow_outside_root, cmap, variant)
+    else:
+        source = from_csv(csv, config, variant, splits, audio_dir, cmap, allow_outside_root)
     store = _AudioStore(Path(out_dir) / "audio", to_16k=store_16k)
-    yield Meta({"config": config, "variant": variant, "source": given[0],
-                "valid_fraction": valid_fraction, "seed": seed})
-    n_rows, seen = 0, set()
+    yield Meta({"config": config, "variant": variant, "source": (given or ["csv"])[0],
+                "valid_fraction": valid_fraction, "seed": seed, "require_rows": True})
+    n_rows, seen, source_splits = 0, set(), []
     for item in source:
+        if isinstance(item, SplitStart):
+            source_splits.append(item.split)
+            yield Meta({"source_splits": list(source_splits)})
+            continue
         if isinstance(item, Skip):
             yield item
             continue
@@ -305,6 +360,7 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
         if audio is None:
             yield Skip(key, "missing_audio", "no audio file in the sample")
             continue
+        meta = remap(meta, cmap)
         try:
             fields = sample_fields(meta, config, variant, key)
         except RowError as e:
@@ -313,18 +369,22 @@ def audsem(out_dir: Path, *, config: str = "mc_qa", variant: str = "semantic",
         clip = str(meta.get("file_name") or key)
         if valid_fraction and split == "train" and holdout(clip, seed, valid_fraction):
             split = "valid"
+        stored = isinstance(audio, tuple) or store_16k
         try:
-            path = store.path_for(key, audio[1]) if isinstance(audio, tuple) else \
-                Path(audio).resolve()
+            path = store.path_for(key, audio[1] if isinstance(audio, tuple) else "flac") \
+                if stored else Path(audio).resolve()
             row = make_row(id=key, audio=str(path), task=config, variant=variant,
                            prepend_instruction=prepend_instruction, length_budget=length_budget,
                            source="audsem", file_name=clip, **fields)
         except RowError as e:
             yield Skip(key, e.reason, e.detail)
             continue
-        if isinstance(audio, tuple):  # written only for rows that exist
+        if stored:  # written only for rows that exist
             try:
-                store.put(path, *audio)
+                if isinstance(audio, tuple):
+                    store.put(path, *audio)
+                else:
+                    store.put_file(path, Path(audio))
             except AudioError as e:
                 yield Skip(key, e.reason, e.detail)
                 continue

@@ -44,7 +44,7 @@ def clean_messages(messages: Sequence[Mapping]) -> list[dict]:
     """Copy chat messages, dropping ``None`` values from content parts.
 
     Rows that went through a ``datasets`` table carry ``'audio': None`` on text parts
-    (PITFALLS.md); the chat template dispatches on ``type`` only, but a clean copy keeps every
+    (docs/pitfalls.md); the chat template dispatches on ``type`` only, but a clean copy keeps every
     consumer safe.
     """
     out = []

@@ -70,6 +70,20 @@ class Meta:
     values: dict
 
 
+class IncompleteBuild(RuntimeError):
+    """A build that cannot give the user what the source holds, with its cause in one line.
+
+    Raised before any work when the source cannot be read as asked (a text-only source without
+    an audio folder, columns that are not there), and after the loop when a builder that asks
+    for it (``Meta({"require_rows": True})``) kept no rows, or kept none of a split the source
+    holds (``Meta({"source_splits": [...]})``). The report is written first, so its skip table
+    can be read. ``scripts/build_data.py`` prints the message and exits non-zero.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
 class BuildError(ValueError):
     """Raised under ``strict=True`` at the first bad item: ``reason`` and ``item_id`` name it."""
 
@@ -293,7 +307,35 @@ def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
     path = report.write(out, plot=plot, stem=report_name)
     log.info("built %s: kept %d, skipped %d -> %s", name, report.total_kept,
              report.total_skipped, path)
+    _check_complete(name, report)
     return report
+
+
+def _check_complete(name: str, report: BuildReport) -> None:
+    """Refuse a build that kept nothing, or nothing of a split the source holds.
+
+    Only builders that declare it through :class:`Meta` are checked (``require_rows``,
+    ``source_splits``): a benchmark split may legitimately hold no usable item.
+
+    Raises:
+        IncompleteBuild: naming the split, how many items were skipped and the commonest
+            reason with one example's detail.
+    """
+    if report.meta.get("require_rows") and report.total_kept == 0:
+        raise IncompleteBuild(f"{name}: 0 rows kept, {report.total_skipped} skipped"
+                              f"{_top_skip(report)} (report: {report.report_path})")
+    lost = [s for s in report.meta.get("source_splits") or () if not report.kept.get(s)]
+    if lost:
+        raise IncompleteBuild(f"{name}: split(s) {lost} exist in the source but kept 0 rows"
+                              f"{_top_skip(report)} (report: {report.report_path})")
+
+
+def _top_skip(report: BuildReport) -> str:
+    if not report.skipped:
+        return ""
+    reason, v = max(report.skipped.items(), key=lambda kv: kv[1]["count"])
+    ex = v["examples"][0] if v["examples"] else {"id": "", "detail": ""}
+    return f"; most skipped as {reason} ({v['count']}), e.g. {ex['id']!r}: {ex['detail']}"
 
 
 def _longer_than(path: str, seconds: float) -> bool:

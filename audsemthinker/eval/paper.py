@@ -1,4 +1,4 @@
-"""The paper's reported numbers (docs SPEC.md section 8) and tables that set ours beside them.
+"""The paper's reported numbers (docs/recipe.md) and tables that set ours beside them.
 
 Numbers are accuracies in percent, stored as data so ``scripts/reproduce.py`` can print each
 table with the paper's value, ours, and the difference (ours - paper). A cell the paper does not

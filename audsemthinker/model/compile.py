@@ -1,4 +1,4 @@
-"""Regional compilation of the thinker's decoder layers (``fast.sft.compile_layers``, issue 8).
+"""Regional compilation of the thinker's decoder layers (``fast.sft.compile_layers``).
 
 Compiling the whole thinker would trace the audio tower, PEFT's wrappers and the data-dependent
 audio scatter (graph breaks, recompiles per clip length). The decoder layers are where the

@@ -145,7 +145,7 @@ def load_thinker(cfg: ModelConfig, device: str | torch.device | None = None):
 def check_token_ids(model, tokenizer) -> None:
     """Fail if the model's placeholder ids disagree with the tokenizer's.
 
-    A mismatch raises nothing in transformers: the audio is silently ignored (PITFALLS.md).
+    A mismatch raises nothing in transformers: the audio is silently ignored (docs/pitfalls.md).
     """
     pairs = {"audio_token_index": "<|AUDIO|>", "audio_start_token_id": "<|audio_bos|>",
              "audio_end_token_id": "<|audio_eos|>"}

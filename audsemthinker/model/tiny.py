@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from audsemthinker.model.tokens import CHAT_TEMPLATE, NAMED_TOKENS, SPECIAL_TOKENS
+from audsemthinker.model.tokens import ADDED_TOKENS, CHAT_TEMPLATE, NAMED_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +54,24 @@ def build_tiny_tokenizer(vocab_size: int = TINY_SIZES["vocab"]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(ADDED_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(_corpus() * 4, trainer)
     state = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     vocab = dict(state["vocab"])
-    for t in SPECIAL_TOKENS:  # appended in the hub's order
+    for t in ADDED_TOKENS:  # appended in the hub's order
         vocab.setdefault(t, len(vocab))
     tokenizer = Qwen2Tokenizer(
         vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", additional_special_tokens=list(SPECIAL_TOKENS),
+        pad_token="<|endoftext|>", additional_special_tokens=list(ADDED_TOKENS),
         extra_special_tokens=dict(NAMED_TOKENS), model_max_length=32768,
         chat_template=CHAT_TEMPLATE, errors="replace",
     )
     # transformers 5 registers only the named tokens above as added tokens; without this,
     # "<|im_start|>" (and four others) split into bytes, unlike the hub tokenizer. Ids unchanged.
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in ADDED_TOKENS],
                          special_tokens=True)
     return tokenizer
 
@@ -81,9 +81,9 @@ def tiny_thinker_config(tokenizer, sizes: dict | None = None):
     from transformers import Qwen2_5OmniThinkerConfig
 
     s = {**TINY_SIZES, **(sizes or {})}
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ADDED_TOKENS}
     head_dim = s["hidden"] // s["heads"]
-    # mrope sections must sum to head_dim/2 (PITFALLS): keep the hub's 2:3:3 ratio.
+    # mrope sections must sum to head_dim/2 (docs/pitfalls.md): keep the hub's 2:3:3 ratio.
     half = head_dim // 2
     t_sec = max(1, half // 4)
     mrope = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
@@ -108,7 +108,7 @@ def tiny_thinker_config(tokenizer, sizes: dict | None = None):
         user_token_id=tokenizer.convert_tokens_to_ids("user") or 0,
         tie_word_embeddings=False,
     )
-    # Read by get_rope_index but not a declared field (PITFALLS).
+    # Read by get_rope_index but not a declared field (docs/pitfalls.md).
     cfg.vision_start_token_id = ids["<|vision_bos|>"]
     cfg.vision_end_token_id = ids["<|vision_eos|>"]
     return cfg

@@ -1,6 +1,6 @@
 """Qwen2.5-Omni special tokens and the chat template, as data.
 
-The special-token strings and the hub's ids are fixed by the released checkpoint (SPEC section 3);
+The special-token strings and the hub's ids are fixed by the released checkpoint (docs/recipe.md);
 code never hard-codes the ids, it asks the tokenizer (the tiny model puts them elsewhere, and a
 config whose ``audio_token_index`` disagrees with the tokenizer silently ignores the audio).
 """
@@ -8,12 +8,12 @@ config whose ``audio_token_index`` disagrees with the tokenizer silently ignores
 from __future__ import annotations
 
 # Special tokens in the hub's id order (151643 ...). The tiny tokenizer keeps this order.
-SPECIAL_TOKENS: tuple[str, ...] = (
+ADDED_TOKENS: tuple[str, ...] = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>",
     "<|audio_eos|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_bos|>",
     "<|vision_eos|>", "<|vision_pad|>", "<|IMAGE|>", "<|VIDEO|>",
 )
-HUB_IDS = {t: 151643 + i for i, t in enumerate(SPECIAL_TOKENS)}
+HUB_IDS = {t: 151643 + i for i, t in enumerate(ADDED_TOKENS)}
 
 # Attribute names the Qwen2.5-Omni processor reads from the tokenizer.
 NAMED_TOKENS = {
@@ -31,7 +31,7 @@ PLACEHOLDER_TOKENS = ("<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>")
 
 # The Qwen2.5-Omni chat template, dispatching on ``content['type']`` only. The stock template
 # also tests ``'audio' in content``, which turns a text part that went through a `datasets` table
-# (and so carries ``'audio': None``) into an extra audio placeholder (PITFALLS.md). For
+# (and so carries ``'audio': None``) into an extra audio placeholder (docs/pitfalls.md). For
 # well-formed messages both render the same string.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

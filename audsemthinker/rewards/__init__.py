@@ -3,8 +3,8 @@
 Every reward is a plain function ``f(completions, **columns) -> list[float]`` built by a
 ``get_*_reward(**cfg)`` factory and registered by name; :func:`build_rewards` turns a config into
 TRL's ``reward_funcs`` and ``reward_weights``. Pure Python: importing this package never imports
-torch. Registered: accuracy, format, length (SPEC section 6), semantic_coverage,
-semantic_consistency, open_answer (issue 9).
+torch. Registered: accuracy, format, length (docs/recipe.md), semantic_coverage,
+semantic_consistency, open_answer.
 """
 
 # Importing the reward modules registers them (each imports the registry first).

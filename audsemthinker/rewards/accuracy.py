@@ -1,4 +1,4 @@
-"""Accuracy reward: does the ``<answer>`` name the gold answer (SPEC section 6)."""
+"""Accuracy reward: does the ``<answer>`` name the gold answer (docs/recipe.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Format reward: does the whole completion follow the tag layout (SPEC section 6)."""
+"""Format reward: does the whole completion follow the tag layout (docs/recipe.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rewards that read the ``<semantic_elements>`` block (issue 9).
+"""Rewards that read the ``<semantic_elements>`` block.
 
 The paper found the semantic elements helped SFT but not GRPO, because outcome-only rewards
 ignore them. ``semantic_coverage`` rewards addressing the descriptor categories a task needs;
@@ -56,7 +56,7 @@ def elements_of(text: str) -> dict[str, list[str]]:
 
 
 def covers_all_targets(completion: Any, targets: Iterable[str] = fmt.CATEGORY_KEYS) -> bool:
-    """Whether every target category has at least one element (a metric for issue 9).
+    """Whether every target category has at least one element (a metric).
 
     Args:
         completion: plain or conversational completion.

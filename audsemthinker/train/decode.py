@@ -1,4 +1,4 @@
-"""Sample GRPO rollouts with each distinct prompt prefilled once (issue 8).
+"""Sample GRPO rollouts with each distinct prompt prefilled once.
 
 A GRPO rollout samples G completions per prompt (~316 prompt tokens: text + 250 audio
 placeholders). ``model.generate`` on the G copies runs the audio tower and the prompt G times and

@@ -4,7 +4,7 @@ The folder holds ``config.json`` (``Qwen2_5OmniThinkerConfig``), ``model.safeten
 generation config and the processor files (tokenizer, feature extractor, chat template). Both
 :func:`audsemthinker.model.loader.load_thinker` and stock
 ``Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained`` load it; it has no talker, so the
-full Omni class (which needs ``spk_dict.pt``) does not (PITFALLS.md, Checkpoints).
+full Omni class (which needs ``spk_dict.pt``) does not (docs/pitfalls.md, Checkpoints).
 """
 
 from __future__ import annotations

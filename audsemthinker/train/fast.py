@@ -1,4 +1,4 @@
-"""The ``fast`` config group: switches for the fast training paths (issue 8).
+"""The ``fast`` config group: switches for the fast training paths.
 
 The GRPO switches are exact (same rewards, losses, gradients and greedy outputs as the stock path,
 up to float rounding; each has an equivalence test) and on by default. The SFT ones are off by

@@ -2,7 +2,7 @@
 
 Stock ``trl.GRPOTrainer`` (1.16.0) hands the processor's extra outputs to ``generate`` but builds
 the log-probability forwards (policy, old policy, reference) from image keys only, so audio is
-dropped there without an error (PITFALLS.md, TRL). This was the public release's worst bug: the
+dropped there without an error (docs/pitfalls.md, TRL). This was the public release's worst bug: the
 policy was optimised on text it never heard. Here the audio features of every row travel as
 batch-first tensors (``input_features`` [B, 128, frames], ``feature_attention_mask`` [B, frames])
 in the batch dict that TRL shuffles and splits, so they stay with their row through
@@ -119,10 +119,10 @@ class AudioGRPOTrainer(GRPOTrainer):
     - ``__init__`` (public): adds ``suppress_tokens`` for <|AUDIO|>/<|IMAGE|>/<|VIDEO|> to the
       generation kwargs (a sampled placeholder breaks the next forward), and runs TRL's
       constructor with ``beta=0`` then restores it. With beta > 0 TRL would otherwise reload the
-      reference from ``model.config._name_or_path`` (fails on a full Omni folder: PITFALLS) or,
-      for a model that is already a ``PeftModel``, copy the adapter into a "ref" adapter. Here the
-      reference is the base with the adapter disabled (LoRA) or the ``ref_model`` we are given
-      (full fine-tuning), prepared as TRL prepares its own.
+      reference from ``model.config._name_or_path`` (fails on a full Omni folder, see
+      docs/pitfalls.md) or, for a model that is already a ``PeftModel``, copy the adapter into a
+      "ref" adapter. Here the reference is the base with the adapter disabled (LoRA) or the
+      ``ref_model`` we are given (full fine-tuning), prepared as TRL prepares its own.
     Not a method: with ``fast.grpo.audio_dedup`` / ``audio_cache`` the inner thinker's
     ``get_audio_features`` is replaced on the instance (``rollout.AudioDedup``), so every pass
     encodes each distinct clip once and, with a frozen tower, once per generation batch.
@@ -217,7 +217,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._setup_fast(fast if fast is not None else GRPOFast())
 
     # ---------------------------------------------------------------------------------------
-    # Fast paths (issue 8): the decisions and swaps live in grpo_fast.py
+    # Fast paths: the decisions and swaps live in grpo_fast.py
     # ---------------------------------------------------------------------------------------
     def _setup_fast(self, fast: GRPOFast) -> None:
         """Install the ``fast.grpo`` paths that apply here; log why any is off.

@@ -1,4 +1,4 @@
-"""Where ``AudioGRPOTrainer`` plugs the ``fast.grpo`` paths into TRL 1.16 (issue 8).
+"""Where ``AudioGRPOTrainer`` plugs the ``fast.grpo`` paths into TRL 1.16.
 
 The paths themselves live in ``rollout.py`` (merged LoRA, audio dedup and cache), ``decode.py``
 (the rollout loop) and ``shared_scoring.py`` (one forward per prompt). This module holds the

@@ -1,4 +1,4 @@
-"""Padding-free SFT batches (``fast.sft.padding_free``, issue 8): the rows of a batch as one row.
+"""Padding-free SFT batches (``fast.sft.padding_free``): the rows of a batch as one row.
 
 A right-padded batch of AudSem rows (1-10 s clips, answers of varied length) is ~29% padding.
 :func:`pack_batch` keeps only the real tokens, concatenated in row order into one ``[1, T]`` row,

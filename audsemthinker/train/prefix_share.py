@@ -1,4 +1,4 @@
-"""Score G completions of one prompt with ONE forward of that prompt (issue 8).
+"""Score G completions of one prompt with ONE forward of that prompt.
 
 GRPO scores every sampled completion twice per step (reference pass without gradients, policy
 pass with them). The stock forward runs the whole ``[prompt + completion]`` row for each of the

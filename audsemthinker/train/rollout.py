@@ -1,4 +1,4 @@
-"""Fast GRPO rollouts and log-prob passes (issue 8): merged-LoRA generation, audio dedup/cache.
+"""Fast GRPO rollouts and log-prob passes: merged-LoRA generation, audio dedup/cache.
 
 Torch and PEFT only (no trl), so a benchmark can drive the same code on a bare thinker or a
 ``PeftModel``. Each piece is exact against the stock path up to float rounding (tested in

@@ -2,7 +2,7 @@
 
 Stock ``SFTTrainer`` picks its vision-language collator only for ``image(s)`` columns; with audio
 messages it would use the text collator, drop the audio and train on the whole sequence
-(PITFALLS.md). So the trainer gets :class:`~audsemthinker.data.collate.AudioCollator`,
+(docs/pitfalls.md). So the trainer gets :class:`~audsemthinker.data.collate.AudioCollator`,
 ``dataset_kwargs={"skip_prepare_dataset": True}`` and ``remove_unused_columns=False``. The
 datasets it sees hold only row indices; the collator looks rows up in a Python list, so rows never
 pass through an Arrow table (which rewrites message parts and turns waveforms into lists).

@@ -1,4 +1,4 @@
-"""The SFT fast paths (``fast.sft``, issue 8): chunked cross-entropy, length-grouped and packed
+"""The SFT fast paths (``fast.sft``): chunked cross-entropy, length-grouped and packed
 batches.
 
 :class:`FastSFTTrainer` is ``trl.SFTTrainer`` with a few public/overridable methods replaced, each

@@ -1,4 +1,4 @@
-"""GRPO log-prob passes with each distinct prompt run once (``fast.grpo.shared_prompt``, issue 8).
+"""GRPO log-prob passes with each distinct prompt run once (``fast.grpo.shared_prompt``).
 
 TRL scores every ``[prompt + completion]`` row in full, so at G samples per prompt the ~316-token
 prompt (64 text tokens + 250 audio placeholders for a 10 s clip) runs G times beside a ~128-token
