@@ -107,3 +107,30 @@ def _container(node):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(node, resolve=True)
+
+
+def test_a_build_refused_as_incomplete_is_not_trusted(tmp_path):
+    """Its report is written (it names the cause) but no marker: the next run builds again."""
+    from audsemthinker.data.registry import IncompleteBuild, Meta
+
+    calls = []
+
+    @register_builder("test_keeps_nothing")
+    def keeps_nothing(out_dir):
+        calls.append(1)
+        yield Meta({"require_rows": True})
+
+    node = {"builder": "test_keeps_nothing", "out_dir": str(tmp_path / "d"), "kwargs": {}}
+    for expected_calls in (1, 2):
+        with pytest.raises(IncompleteBuild):
+            ensure_built(node)
+        assert len(calls) == expected_calls and read_marker(tmp_path / "d") is None
+
+
+def test_a_prompt_budget_apart_from_the_reward_budget_is_refused(tmp_path):
+    from audsemthinker.config import ConfigError, validate
+
+    validate(_experiment("grpo_qa_budget100", tmp_path))
+    with pytest.raises(ConfigError, match="data.kwargs.length_budget=25.*length_budget"):
+        validate(_experiment("grpo_qa_budget100", tmp_path, "data.kwargs.length_budget=25"))
+    validate(_experiment("grpo_qa_budget100", tmp_path, "length_budget=150"))  # both follow

@@ -10,8 +10,9 @@ means the folder is complete:
 - marker present, other settings: the run gets a folder of its own beside it,
   ``<out_dir>-<hash>``, built there if needed (the differing settings are logged);
 - no marker and no build report: a build that died half-way, rebuilt in place;
-- no marker but a build report: a folder built outside a config (``build_dataset`` called
-  from Python, or an older version of this package); used as it is, with a warning.
+- no marker but a complete build report: a folder built outside a config (``build_dataset``
+  called from Python, or an older version of this package); used as it is, with a warning. A
+  report of a build refused as incomplete does not count.
 
 A rebuild removes the split files (``*.jsonl`` at the top of the folder) that it did not write
 and that no other build sharing the folder claims (MMAU test-mini and test share one folder,
@@ -130,6 +131,19 @@ def remove_stale_splits(out_dir: Path, written: list[str], report_name: str,
     return removed
 
 
+def report_complete(path: Path) -> bool:
+    """Whether a build report exists and records a complete build (not one refused as
+    incomplete: no rows where the builder requires some, or a source split that kept none)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    meta, kept = report.get("meta") or {}, report.get("kept") or {}
+    if meta.get("require_rows") and not sum(kept.values()):
+        return False
+    return all(kept.get(s) for s in meta.get("source_splits") or ())
+
+
 def keyed_folder(out_dir: str | Path, settings: dict) -> Path:
     """The folder of a build whose settings differ from those already in ``out_dir``."""
     out = Path(out_dir)
@@ -148,7 +162,7 @@ def resolve_folder(cfg: dict) -> tuple[Path, bool]:
     want = settings_hash(settings)
     marker = read_marker(out, report_name)
     if marker is None:
-        if (out / f"{report_name}.json").is_file():
+        if report_complete(out / f"{report_name}.json"):
             log.warning("%s has no completion marker (built outside a data config, or by an "
                         "older version); using it as it is. Delete the folder to rebuild it "
                         "from the config.", out)
