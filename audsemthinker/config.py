@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -91,6 +92,19 @@ def _validate_data(section: DictConfig) -> None:
         raise ConfigError(f"data.kwargs.{bad}: {e}") from None
 
 
+def _check_one_budget(cfg: DictConfig) -> None:
+    """The prompt's "approximately N words" and the length reward's budget must be one number
+    (both read the top-level ``length_budget`` in the shipped configs)."""
+    prompt = OmegaConf.select(cfg, "data.kwargs.length_budget", default=None)
+    rewards = OmegaConf.select(cfg, "reward.rewards", default=None) or []
+    budgets = {r.get("budget") for r in rewards
+               if isinstance(r, Mapping) and r.get("name") == "length"}
+    if prompt is not None and budgets and budgets != {prompt}:
+        raise ConfigError(f"data.kwargs.length_budget={prompt} but the length reward's budget "
+                          f"is {sorted(budgets, key=str)}: set the top-level length_budget "
+                          "instead, which feeds both")
+
+
 def check_trainer_section(section: dict, schema: type, where: str, derived: dict[str, str],
                           forced: dict[str, Any], forced_why: str) -> dict:
     """Check a trainer group (``train.sft`` / ``train.grpo``) against its TRL config class.
@@ -137,6 +151,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key}.{bad}: {e.msg if hasattr(e, 'msg') else e}") from None
     if "data" in cfg and cfg.data is not None:
         _validate_data(cfg.data)
+        _check_one_budget(cfg)
     if "eval" in cfg and cfg.eval is not None:
         from audsemthinker.eval.settings import eval_settings
 

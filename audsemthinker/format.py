@@ -256,6 +256,35 @@ def instruction_prefix(variant: str = "semantic", multiple_choice: bool = False,
     return " ".join(parts)
 
 
+def release_instruction(variant: str = "semantic", length_budget: int | None = None) -> str:
+    """The public release's instruction wording, to evaluate its checkpoints on their own prompt.
+
+    Copied in meaning and letter from the release's MMAU evaluation scripts
+    (``training/evaluate/mmau_mini_omni.py`` without a budget; with a budget,
+    ``mmau_mini_omni_targetlength.py``, whose text also ends in ``"Question: "``). The question
+    follows directly, without a newline (see :func:`user_prompt`).
+    """
+    check_variant(variant)
+    parts = ["You are given a question and an audio clip. Your task is to answer the question "
+             "based on the audio clip. The answers are multiple choice, so you need to select the "
+             "correct answer from the given options. First, think about the question and the "
+             "audio clip and put your thoughts in <think> and </think> tags."]
+    if length_budget is not None:
+        parts.append(f"Your thinking process should be approximately {int(length_budget)} words "
+                     "long.")
+    if variant == "semantic":
+        parts.append("Then reason about the semantic elements involved in the audio clip and put "
+                     "your reasoning in <semantic_elements> and </semantic_elements> tags.")
+    parts.append("Then answer the question based on the audio clip, put your answer in <answer> "
+                 "and </answer> tags.")
+    return " ".join(parts) + (" Question: " if length_budget is not None else " ")
+
+
+INSTRUCTIONS = ("audsem", "release")
+"""Instruction wordings by name: ours (:func:`instruction_prefix`) and the public release's
+(:func:`release_instruction`)."""
+
+
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -298,11 +327,21 @@ def mc_answer(choices: list[str], index: int) -> str:
 
 
 def user_prompt(question: str, choices: list[str] | None = None, variant: str = "semantic",
-                prepend_instruction: bool = True, length_budget: int | None = None) -> str:
-    """The full user text of a training/eval prompt (audio goes in a separate content part)."""
+                prepend_instruction: bool = True, length_budget: int | None = None,
+                instruction: str = "audsem") -> str:
+    """The full user text of a training/eval prompt (audio goes in a separate content part).
+
+    ``instruction`` names the wording (:data:`INSTRUCTIONS`): ``audsem`` puts our prefix on its
+    own line before the question; ``release`` is the public release's text, followed directly
+    by the question.
+    """
+    if instruction not in INSTRUCTIONS:
+        raise ValueError(f"unknown instruction {instruction!r}; expected one of {INSTRUCTIONS}")
     body = mc_question(question, choices) if choices else question
     if not prepend_instruction:
         return body
+    if instruction == "release":
+        return release_instruction(variant, length_budget) + body
     prefix = instruction_prefix(variant, multiple_choice=bool(choices), length_budget=length_budget)
     return f"{prefix}\n{body}"
 
@@ -373,6 +412,7 @@ def think_words(completion: str) -> int:
 
 
 _LETTER_RE = re.compile(r"^\s*[\(\[]?([A-Z])[\)\].:]?(?:\s+|$)")
+_LOWER_LETTER_RE = re.compile(r"^\s*(?:\(([a-z])\)|\[([a-z])\]|([a-z])[.:)]|([a-z])$)(?:\s+|$)")
 
 
 def normalize(text: str) -> str:
@@ -404,6 +444,13 @@ def split_option(text: str, choices: list[str]) -> tuple[int | None, str]:
         bare_article = m.group(0).strip() == m.group(1)  # "A dog" vs "A. dog"
         if not bare_article or not rest or normalize(rest) == normalize(choices[idx]):
             return idx, rest
+    # The release lower-cases answers before matching them, so "b" is option B to it. A
+    # lower-case letter counts alone or marked ("b.", "(b)", "b)"), never as a word ("a dog").
+    low = _LOWER_LETTER_RE.match(text)
+    if low:
+        letter = next(g for g in low.groups() if g).upper()
+        if OPTION_LETTERS.index(letter) < len(choices):
+            return OPTION_LETTERS.index(letter), text[low.end():].strip()
     return None, text
 
 

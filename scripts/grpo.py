@@ -4,7 +4,7 @@
     accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/grpo.py \
         model=qwen2_5_omni_7b lora=released train/grpo=paper reward=paper \
         data=audsem_semantic data.kwargs.kind=grpo grpo_init=<merged SFT export>
-    python scripts/grpo.py ... reward=budget100              # an ablation's reward set
+    python scripts/grpo.py ... length_budget=100             # the budget of reward and prompt
     python scripts/grpo.py hydra.run.dir=outputs/run/<time>  # resume=auto: continue that run
 
 Writes under the run folder: checkpoint-N/, final/ (adapter or model + processor files),

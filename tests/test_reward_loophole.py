@@ -6,12 +6,12 @@ import functools
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audsemthinker import format as fmt
 from audsemthinker.rewards import build_rewards, get_reward
+from audsemthinker.rewards.registry import load_reward_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHOICES = ["x", "y", "z", "w"]
@@ -25,7 +25,8 @@ def words(n: int) -> str:
 
 @functools.cache
 def _rewards(config: str, no_think: str | None):
-    spec = yaml.safe_load((REPO / "configs/reward" / config).read_text())["rewards"]
+    name, _, budget = config.partition("@")
+    spec = load_reward_config(REPO / "configs/reward" / name, int(budget or 25))
     for entry in spec:
         if entry["name"] == "length" and no_think is not None:
             entry["no_think"] = no_think
@@ -115,7 +116,7 @@ def mutation(draw, variant):
 
 
 CONFIGS = [("paper.yaml", "semantic"), ("paper_cosine.yaml", "semantic"),
-           ("budget100.yaml", "semantic"), ("simple.yaml", "simple")]
+           ("paper.yaml@100", "semantic"), ("simple.yaml", "simple")]
 
 
 @pytest.mark.parametrize("config, variant", CONFIGS)

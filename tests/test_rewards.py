@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from audsemthinker.rewards import (
     completion_text,
     get_reward,
 )
+from audsemthinker.rewards.registry import load_reward_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHOICES = ["The sound of a dog barking", "The sound of birds", "A car horn", "Rain on a roof"]
@@ -288,14 +288,14 @@ REWARD_CONFIGS = sorted((REPO / "configs" / "reward").glob("*.yaml"))
 
 def test_reward_config_files_exist():
     names = {p.stem for p in REWARD_CONFIGS}
-    assert {"paper", "paper_cosine", "budget100", "budget150", "simple", "semantic_coverage",
+    assert {"paper", "paper_cosine", "simple", "semantic_coverage",
             "semantic_consistency", "open_answer", "tiny"} <= names
 
 
 @pytest.mark.parametrize("path", REWARD_CONFIGS, ids=lambda p: p.stem)
 def test_reward_configs_build(path):
     assert path.read_text().startswith("# ")
-    funcs, weights = build_rewards(yaml.safe_load(path.read_text()))
+    funcs, weights = build_rewards(load_reward_config(path))
     out = [f(completions=[semantic(answer="B")], answer=["B. The sound of birds"],
              choices=[CHOICES], task=["sound"]) for f in funcs]
     assert all(len(o) == 1 and 0.0 <= o[0] <= 1.0 for o in out)
@@ -304,7 +304,8 @@ def test_reward_configs_build(path):
 
 def test_build_rewards_accepts_omegaconf_containers():
     omegaconf = pytest.importorskip("omegaconf")
-    cfg = omegaconf.OmegaConf.load(REPO / "configs/reward/semantic_coverage.yaml")
+    loaded = omegaconf.OmegaConf.load(REPO / "configs/reward/semantic_coverage.yaml")
+    cfg = omegaconf.OmegaConf.merge({"length_budget": 25}, loaded)
     funcs, weights = build_rewards(cfg)
     coverage = funcs[-1]
     text = semantic(elements="- Signal descriptors: loud\n- Temporal context: night")
@@ -314,7 +315,7 @@ def test_build_rewards_accepts_omegaconf_containers():
 
 
 def test_paper_config_values():
-    funcs, weights = build_rewards(yaml.safe_load((REPO / "configs/reward/paper.yaml").read_text()))
+    funcs, weights = build_rewards(load_reward_config(REPO / "configs/reward/paper.yaml"))
     assert [f.__name__ for f in funcs] == ["accuracy", "format", "length"] and weights == [1, 1, 1]
     good = semantic(think=words(20), answer="B")
     assert [f(completions=[good], answer=["B. The sound of birds"], choices=[CHOICES])[0]

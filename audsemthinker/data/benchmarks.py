@@ -21,6 +21,7 @@ import numpy as np
 
 from audsemthinker import format as fmt
 from audsemthinker.data.examples import RowError
+from audsemthinker.data.muchomusic_audio import TrackIndex
 from audsemthinker.data.paths import confined
 from audsemthinker.data.readers import read_csv
 from audsemthinker.data.registry import Meta, Skip, register_builder
@@ -191,7 +192,8 @@ def muchomusic(out_dir: Path, *, csv_path: str, audio_dir: str, seed: int = 0,
                audio_template: str | None = None, split: str = "test",
                variant: str = "semantic", prepend_instruction: bool = True,
                length_budget: int | None = None, limit: int | None = None,
-               allow_outside_root: bool = False):
+               allow_outside_root: bool = False, song_describer_csv: str | None = None,
+               musiccaps_csv: str | None = None):
     """Yield MuchoMusic rows with the four options in a seeded, recorded shuffled order.
 
     Args:
@@ -210,6 +212,12 @@ def muchomusic(out_dir: Path, *, csv_path: str, audio_dir: str, seed: int = 0,
         limit: stop after this many rows.
         allow_outside_root: accept track paths that are absolute or climb out of
             ``audio_dir`` (otherwise skipped as ``path_outside_root``).
+        song_describer_csv, musiccaps_csv: the benchmark tooling's layout
+            (:mod:`audsemthinker.data.muchomusic_audio`): ``sdd`` tracks resolve through
+            ``song_describer.csv`` to ``<its folder>/audio/<path as .2min.mp3>``, ``musiccaps``
+            tracks through ``musiccaps-public.csv`` to
+            ``<its folder>/audio/[<ytid>]-[<start_s>-<end_s>].wav``; a track missing from them
+            is skipped as ``unknown_track``. Rows of other datasets use ``audio_dir``.
 
     Yields:
         ``(split, row)``: the CSV columns plus ``id``, ``audio``, ``options`` (shown order),
@@ -219,6 +227,7 @@ def muchomusic(out_dir: Path, *, csv_path: str, audio_dir: str, seed: int = 0,
     path = Path(csv_path)
     columns, reader = read_csv(path)
     fields = _template_fields(audio_template, columns) if audio_template else []
+    tracks = TrackIndex.load(song_describer_csv, musiccaps_csv)
     records = list(reader)
     yield Meta({"total": len(records), "csv": str(path), "csv_sha256": sha256_file(path),
                 "option_seed": seed})
@@ -241,8 +250,8 @@ def muchomusic(out_dir: Path, *, csv_path: str, audio_dir: str, seed: int = 0,
         order = np.random.default_rng(digest).permutation(4)
         options = [texts[j] for j in order]
         try:
-            track = _find_track(Path(audio_dir), rec, audio_template, fields,
-                                allow_outside_root)
+            track = tracks.track(rec, allow_outside_root) or _find_track(
+                Path(audio_dir), rec, audio_template, fields, allow_outside_root)
         except RowError as e:
             yield Skip(item_id, e.reason, e.detail)
             continue

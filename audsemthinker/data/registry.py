@@ -36,6 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audsemthinker.data.built import (
+    build_settings,
+    marker_path,
+    plain_config,
+    remove_stale_splits,
+    resolve_folder,
+    write_marker,
+)
 from audsemthinker.data.examples import ExampleWriter
 from audsemthinker.data.report import BuildReport
 
@@ -231,6 +239,9 @@ def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
     kwargs = check_kwargs(builder, kwargs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # A build that dies from here on must not look complete: no old report or marker survives.
+    marker_path(out, report_name).unlink(missing_ok=True)
+    (out / f"{report_name}.json").unlink(missing_ok=True)
     tok = _load_tokenizer(tokenizer)
     report = BuildReport(name=name, out_dir=str(out), kwargs=kwargs, strict=strict,
                          audio_checks=dict(max_seconds=max_seconds, on_long=on_long,
@@ -378,21 +389,43 @@ def build_from_config(data_cfg: Any, progress: bool = True) -> BuildReport:
 
     The node holds ``builder``, ``out_dir``, ``strict``, ``kwargs`` (the builder's arguments),
     and optionally ``audio`` (``max_seconds``, ``on_long``, ``min_seconds``, ``check_audio``),
-    ``tokenizer`` and ``report_name``.
+    ``tokenizer`` and ``report_name``. After the build, split files of an older build that this
+    one did not write are removed, and the completion marker (the settings and their hash,
+    :mod:`audsemthinker.data.built`) is written last.
 
     Raises:
         ValueError / TypeError / BuildError: as :func:`build_dataset`; a node key that is not
             one of the above is a TypeError naming it.
     """
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(data_cfg, resolve=True) if not isinstance(data_cfg, dict) \
-        else dict(data_cfg)
+    cfg = plain_config(data_cfg)
     known = {"builder", "out_dir", "strict", "kwargs", "audio", "tokenizer", "report_name"}
     unknown = set(cfg) - known
     if unknown:
         raise TypeError(f"data config: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
-    return build_dataset(cfg["builder"], cfg["out_dir"], bool(cfg.get("strict", False)),
-                         tokenizer=cfg.get("tokenizer"), progress=progress,
-                         report_name=cfg.get("report_name") or "build_report",
-                         **(cfg.get("audio") or {}), **(cfg.get("kwargs") or {}))
+    report_name = cfg.get("report_name") or "build_report"
+    report = build_dataset(cfg["builder"], cfg["out_dir"], bool(cfg.get("strict", False)),
+                           tokenizer=cfg.get("tokenizer"), progress=progress,
+                           report_name=report_name,
+                           **(cfg.get("audio") or {}), **(cfg.get("kwargs") or {}))
+    written = [Path(p).name for p in report.files.values()]
+    remove_stale_splits(Path(cfg["out_dir"]), written, report_name, cfg.get("kwargs") or {})
+    write_marker(cfg["out_dir"], report_name, build_settings(cfg), written)
+    return report
+
+
+def ensure_built(data_cfg: Any, progress: bool = True) -> Path:
+    """The folder holding the rows a data config describes, built first when needed.
+
+    A folder is trusted only when its completion marker holds the same settings; a folder built
+    with other settings is left alone and this config gets ``<out_dir>-<hash>`` (see
+    :mod:`audsemthinker.data.built`); a half-written folder is rebuilt.
+
+    Returns:
+        The folder to read the splits from (``out_dir`` or its keyed sibling).
+    """
+    cfg = plain_config(data_cfg)
+    folder, needs_build = resolve_folder(cfg)
+    if needs_build:
+        log.info("building data '%s' into %s", cfg.get("builder"), folder)
+        build_from_config({**cfg, "out_dir": str(folder)}, progress=progress)
+    return folder

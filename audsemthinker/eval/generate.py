@@ -87,18 +87,24 @@ def generation_kwargs(decoding: Decoding, tokenizer) -> dict:
 # --------------------------------------------------------------------------------------------
 # Prompts
 # --------------------------------------------------------------------------------------------
-def prompt_text(row: Mapping, template: str) -> str:
+def prompt_text(row: Mapping, template: str, settings=None) -> str:
     """The user text of a benchmark row under a named template.
 
-    Uses the builder's ``row["prompts"][template]`` when present (the builders own the prompt
-    strings per item); otherwise renders it from the row's question and options with
-    :mod:`audsemthinker.format`.
+    With ``settings`` (:class:`audsemthinker.eval.run_prompt.PromptSettings`, the trained run's
+    prompt), the ``audsem`` text is rendered now from the item's question and options, so the
+    model sees the prompt it was trained with. Otherwise the builder's
+    ``row["prompts"][template]`` is used when present, or the text is rendered from the row's
+    question and options with :mod:`audsemthinker.format`.
 
     Raises:
         ValueError: an unknown template, or a row with neither prompts nor a question.
     """
     if template not in TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}; choose one of {TEMPLATES}")
+    if template == "audsem" and settings is not None and "question" in row:
+        from audsemthinker.eval.run_prompt import render_audsem
+
+        return render_audsem(row, settings)
     prompts = row.get("prompts") or {}
     if prompts.get(template):
         return str(prompts[template])
@@ -112,7 +118,8 @@ def prompt_text(row: Mapping, template: str) -> str:
     return fmt.muchomusic_prompt(row["question"], options)
 
 
-def prompt_row(row: Mapping, template: str = "audsem", system_prompt: bool = True) -> dict:
+def prompt_row(row: Mapping, template: str = "audsem", system_prompt: bool = True,
+               settings=None) -> dict:
     """The row as the prompt-only collator takes it: with ``prompt`` messages to generate from.
 
     Rows of our own datasets keep their prompt (GRPO rows' ``prompt``, or SFT rows' ``messages``
@@ -124,6 +131,8 @@ def prompt_row(row: Mapping, template: str = "audsem", system_prompt: bool = Tru
             ``prompts`` or question/choices).
         template: prompt template name for benchmark rows (see :data:`TEMPLATES`).
         system_prompt: prepend the model's own system prompt to benchmark rows.
+        settings: the run's prompt settings for the ``audsem`` template (see
+            :func:`prompt_text`).
 
     Raises:
         ValueError: a benchmark row without ``audio``, or as :func:`prompt_text`.
@@ -133,7 +142,8 @@ def prompt_row(row: Mapping, template: str = "audsem", system_prompt: bool = Tru
     if not row.get("audio"):
         raise ValueError(f"row {row.get('id')!r} names no audio file")
     user = {"role": "user", "content": [{"type": "audio", "audio": str(row["audio"])},
-                                        {"type": "text", "text": prompt_text(row, template)}]}
+                                        {"type": "text",
+                                         "text": prompt_text(row, template, settings)}]}
     system = {"role": "system", "content": [{"type": "text", "text": fmt.SYSTEM_PROMPT}]}
     return {**row, "prompt": [system, user] if system_prompt else [user]}
 

@@ -37,6 +37,7 @@ from audsemthinker.eval.generate import (  # noqa: F401  (accuracy_of, generate_
 )
 from audsemthinker.eval.predictions import PredictionStore
 from audsemthinker.eval.report import sha256_file, write_json_atomic
+from audsemthinker.eval.run_prompt import SETTING_KEYS, PromptSettings, resolve_prompt_settings
 from audsemthinker.eval.settings import (
     BenchmarkSpec,
     EvalSettings,
@@ -127,15 +128,19 @@ def predict(spec: BenchmarkSpec, row: Mapping, completion: str) -> str | None:
 
 
 def _fingerprint(cfg, settings: EvalSettings, spec: BenchmarkSpec, rows_sha: str,
-                 label: str | None) -> dict:
-    return {"model": model_info(cfg, settings, label), "template": spec.template or settings.prompt,
-            "system_prompt": settings.system_prompt,
+                 label: str | None, prompt: PromptSettings | None = None) -> dict:
+    out = {"model": model_info(cfg, settings, label), "template": spec.template or settings.prompt,
+           "system_prompt": settings.system_prompt,
             "decoding": decoding_dict(decoding_from(settings.decoding)),
-            "max_audio_seconds": settings.max_audio_seconds, "rows_sha256": rows_sha}
+           "max_audio_seconds": settings.max_audio_seconds, "rows_sha256": rows_sha}
+    if prompt is not None and out["template"] == "audsem":
+        out["prompt_settings"] = {k: getattr(prompt, k) for k in SETTING_KEYS}
+    return out
 
 
 def predict_benchmark(name: str, spec: BenchmarkSpec, rows: list[dict], store: PredictionStore,
-                      lazy: _LazyModel, settings: EvalSettings) -> dict[str, str]:
+                      lazy: _LazyModel, settings: EvalSettings,
+                      prompt: PromptSettings | None = None) -> dict[str, str]:
     """Generate every row not yet in ``store``; return ``{id: reason}`` of excluded rows.
 
     Each item's audio is checked on its own (a broken file is excluded with its reason), the
@@ -148,7 +153,7 @@ def predict_benchmark(name: str, spec: BenchmarkSpec, rows: list[dict], store: P
 
     template = spec.template or settings.prompt
     decoding = decoding_from(settings.decoding)
-    pending = [prompt_row(r, template, settings.system_prompt) for r in rows
+    pending = [prompt_row(r, template, settings.system_prompt, prompt) for r in rows
                if r["id"] not in store]
     excluded: dict[str, str] = {}
     collator = None
@@ -172,6 +177,24 @@ def predict_benchmark(name: str, spec: BenchmarkSpec, rows: list[dict], store: P
         bar.update(len(batch))
     bar.close()
     return excluded
+
+
+def prompt_record(rows: list[dict], template: str, settings: EvalSettings,
+                  prompt: PromptSettings | None) -> dict:
+    """What the result says about the prompt: template, the run's settings and their source,
+    and the first item's rendered user text (rows of our own datasets keep their own prompt)."""
+    out = {"template": template, "system_prompt": settings.system_prompt}
+    if prompt is not None and template == "audsem":
+        out.update(prompt.record())
+    first = next((r for r in rows if r.get("audio")), None)
+    if first is not None:
+        from audsemthinker.data.collate import prompt_of
+
+        user = prompt_of(prompt_row(first, template, settings.system_prompt, prompt))[-1]
+        parts = user.get("content") if isinstance(user.get("content"), list) else []
+        texts = [p["text"] for p in parts if isinstance(p, dict) and p.get("text")]
+        out["example"] = texts[-1] if texts else user.get("content")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,8 +304,12 @@ def mmau_submission(spec: BenchmarkSpec, rows: list[dict], records: Mapping[str,
 # Entry
 # --------------------------------------------------------------------------------------------
 def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettings,
-                       lazy: _LazyModel, out_dir: Path, label: str | None = None) -> dict:
-    """Predict (resuming), score, and write the result, reports and submission of one benchmark."""
+                       lazy: _LazyModel, out_dir: Path, label: str | None = None,
+                       prompt: PromptSettings | None = None) -> dict:
+    """Predict (resuming), score, and write the result, reports and submission of one benchmark.
+
+    ``prompt``: the trained run's prompt settings the ``audsem`` template renders each item with
+    (recorded in the result with one rendered example)."""
     import torch
 
     rows_path = ensure_rows(spec, name)
@@ -291,10 +318,11 @@ def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettin
     meta_path = Path(spec.metadata) if spec.metadata else rows_path
     resume = str(cfg.get("resume", "auto")).lower() not in ("false", "0", "no")
     store = PredictionStore(out_dir / "predictions" / f"{name}.jsonl",
-                            _fingerprint(cfg, settings, spec, rows_sha, label), resume=resume)
+                            _fingerprint(cfg, settings, spec, rows_sha, label, prompt),
+                            resume=resume)
     torch.manual_seed(int(cfg.get("seed", 0)))
     t0 = time.time()
-    excluded = predict_benchmark(name, spec, rows, store, lazy, settings)
+    excluded = predict_benchmark(name, spec, rows, store, lazy, settings, prompt)
     seconds = time.time() - t0
     # The prediction is re-derived from the completion, so a file written by an older scoring
     # rule is scored by today's.
@@ -307,6 +335,7 @@ def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettin
         "model": model_info(cfg, settings, label),
         "eval_config": OmegaConf.to_container(cfg.eval, resolve=True),
         "prompt_template": spec.template or settings.prompt,
+        "prompt": prompt_record(rows, spec.template or settings.prompt, settings, prompt),
         "metadata": {"path": str(meta_path), "sha256": sha256_file(meta_path)},
         "rows": {"path": str(rows_path), "sha256": rows_sha},
         "n_items": len(rows), "n_predicted": len(records),
@@ -352,7 +381,9 @@ def run_eval(cfg: DictConfig, model=None, processor=None,
                          "recorded, and guards resuming against a different model)")
     out_dir = Path(settings.output_dir or cfg.run_dir)
     lazy = _LazyModel(cfg, settings, model, processor)
-    results = {name: evaluate_benchmark(name, spec, cfg, settings, lazy, out_dir, label)
+    prompt = resolve_prompt_settings(settings.prompt_from, settings.prompt_settings,
+                                     (settings.adapter, str(cfg.model.name_or_path)))
+    results = {name: evaluate_benchmark(name, spec, cfg, settings, lazy, out_dir, label, prompt)
                for name, spec in settings.benchmarks.items()}
     write_summary(results, out_dir / "reports")
     return results

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audsemthinker.config import ConfigError, check_fields
 from audsemthinker.eval.generate import TEMPLATES, decoding_from
+from audsemthinker.eval.run_prompt import SETTING_KEYS
 
 SCORERS = ("mmau", "muchomusic", "accuracy")
 
@@ -56,7 +57,12 @@ class BenchmarkSpec:
 
 @dataclass
 class EvalSettings:
-    """The ``eval`` section (see ``configs/eval/paper.yaml`` for every field in use)."""
+    """The ``eval`` section (see ``configs/eval/paper.yaml`` for every field in use).
+
+    ``prompt_from`` / ``prompt_settings``: where the ``audsem`` prompt's settings come from
+    (:mod:`audsemthinker.eval.run_prompt`). ``heldout_limit``: rows of the in-run held-out
+    evaluation after SFT / GRPO (None: all).
+    """
 
     benchmarks: dict[str, BenchmarkSpec] = field(default_factory=dict)
     prompt: str = "audsem"
@@ -69,6 +75,9 @@ class EvalSettings:
     device: str = "auto"
     output_dir: str | None = None
     plot: bool = True
+    prompt_from: str | None = "auto"
+    prompt_settings: dict = field(default_factory=dict)
+    heldout_limit: int | None = None
 
 
 def eval_settings(section: DictConfig | Mapping) -> EvalSettings:
@@ -100,6 +109,13 @@ def eval_settings(section: DictConfig | Mapping) -> EvalSettings:
         raise ConfigError("eval.benchmarks: nothing to evaluate")
     if s.prompt not in TEMPLATES:
         raise ConfigError(f"eval.prompt: {s.prompt!r} is not one of {TEMPLATES}")
+    s.prompt_settings = dict(s.prompt_settings or {})
+    unknown = sorted(set(s.prompt_settings) - set(SETTING_KEYS))
+    if unknown:
+        raise ConfigError(f"eval.prompt_settings: unknown keys {unknown}; known: "
+                          f"{list(SETTING_KEYS)}")
+    if s.heldout_limit is not None and int(s.heldout_limit) < 1:
+        raise ConfigError(f"eval.heldout_limit: must be >= 1 or null, got {s.heldout_limit}")
     if int(s.batch_size) < 1:
         raise ConfigError(f"eval.batch_size: must be >= 1, got {s.batch_size}")
     try:

@@ -262,3 +262,16 @@ def choices_list(value: Any) -> list[str] | None:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"a 'choices' value must be a list of strings or None, got {value!r:.80}")
     return [str(c) for c in value] or None
+
+
+def load_reward_config(path: str, length_budget: int = 25) -> list[dict]:
+    """The reward list of a ``configs/reward/*.yaml`` file read outside Hydra.
+
+    Length budgets in those files are ``${length_budget}``: one top-level key of the run feeds
+    both the length reward and the prompt's "approximately N words", so the two cannot drift
+    apart. Here that key is given as an argument.
+    """
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.merge({"length_budget": length_budget}, OmegaConf.load(path))
+    return OmegaConf.to_container(node, resolve=True)["rewards"]

@@ -34,11 +34,15 @@ def agree_on_run_dir(cfg: DictConfig) -> None:
 
 
 def ensure_data(cfg: DictConfig) -> None:
-    """Build the configured dataset when its training split is missing (rank 0 builds)."""
+    """Make sure the configured dataset is built with this config's settings (rank 0 builds).
+
+    ``cfg.data.out_dir`` is set to the folder actually used: a folder built with other settings
+    (another length budget, say) is never read; this run gets its own keyed folder instead
+    (:func:`audsemthinker.data.registry.ensure_built`).
+    """
     from contextlib import nullcontext
 
-    from audsemthinker.data.registry import build_from_config
-    from audsemthinker.train.sft import split_file
+    from audsemthinker.data.registry import ensure_built
 
     if multi_process():
         from accelerate import PartialState
@@ -47,6 +51,6 @@ def ensure_data(cfg: DictConfig) -> None:
     else:
         first = nullcontext()
     with first:
-        if not split_file(cfg, "train").exists():
-            log.info("no %s: building data '%s'", split_file(cfg, "train"), cfg.data.builder)
-            build_from_config(cfg.data)
+        folder = ensure_built(cfg.data)
+    if str(folder) != str(cfg.data.out_dir):
+        cfg.data.out_dir = str(folder)

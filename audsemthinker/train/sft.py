@@ -324,8 +324,9 @@ def heldout_accuracy(model, processor, rows: Sequence[Mapping], cfg: DictConfig,
     Args:
         model, processor: as for :func:`generate_completions`.
         rows: held-out rows with ``answer`` and ``choices``.
-        cfg: the root config; ``eval.decoding``, ``eval.batch_size`` and
-            ``eval.max_audio_seconds`` are read.
+        cfg: the root config; ``eval.decoding``, ``eval.batch_size``,
+            ``eval.max_audio_seconds`` and ``eval.heldout_limit`` (score only the first N rows,
+            so the in-run evaluation of a paper experiment costs minutes) are read.
         audio_override: ``"silence"`` for the silent-audio control.
 
     Returns:
@@ -336,6 +337,8 @@ def heldout_accuracy(model, processor, rows: Sequence[Mapping], cfg: DictConfig,
     from audsemthinker.eval.generate import accuracy_of
 
     ev = cfg.get("eval") or {}
+    if ev.get("heldout_limit"):
+        rows = list(rows)[:int(ev.get("heldout_limit"))]
     decoding = ev.get("decoding")
     if isinstance(decoding, DictConfig):
         decoding = OmegaConf.to_container(decoding, resolve=True)
