@@ -9,17 +9,26 @@ its own options.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from audsemthinker.eval.settings import eval_settings
+from audsemthinker.schemas import (
+    DATA_KEYS,
+    ConfigError,
+    LoraSettings,
+    ModelConfig,
+    _suggest,
+    check_fields,
+    fast_settings,
+    sampler_settings,
+)
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message starts with the full key."""
+__all__ = ["ConfigError", "check_fields", "check_trainer_section", "register_schema",
+           "to_dataclass", "validate"]
 
 
 SCHEMAS: dict[str, type] = {}
@@ -31,41 +40,8 @@ def register_schema(key: str, schema: type) -> None:
 
 
 def _default_schemas() -> None:
-    from audsemthinker.model.loader import ModelConfig
-    from audsemthinker.model.lora import LoraSettings
-
     SCHEMAS.setdefault("model", ModelConfig)
     SCHEMAS.setdefault("lora", LoraSettings)
-
-
-def _suggest(key: str, options) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def check_fields(section: dict | DictConfig | None, schema: type, where: str,
-                 extra: tuple[str, ...] = ()) -> None:
-    """Fail if ``section`` has a key that is not a field of dataclass ``schema``.
-
-    Args:
-        section: the mapping to check (may be None: nothing to check).
-        schema: a dataclass, e.g. ``trl.SFTConfig``.
-        where: dotted path of the section, for the message (``train.sft``).
-        extra: keys accepted besides the dataclass fields.
-
-    Raises:
-        ConfigError: naming ``where.key`` and the closest valid name.
-    """
-    if section is None:
-        return
-    names = {f.name for f in dataclasses.fields(schema)} | set(extra)
-    for key in section:
-        if key not in names:
-            raise ConfigError(f"{where}.{key}: not a field of {schema.__name__}"
-                              f"{_suggest(str(key), names)}")
-
-
-DATA_KEYS = ("builder", "out_dir", "strict", "kwargs", "audio", "tokenizer", "report_name")
 
 
 def _validate_data(section: DictConfig) -> None:
@@ -153,16 +129,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         _validate_data(cfg.data)
         _check_one_budget(cfg)
     if "eval" in cfg and cfg.eval is not None:
-        from audsemthinker.eval.settings import eval_settings
-
         eval_settings(cfg.eval)  # raises ConfigError naming the key
     if cfg.get("fast") is not None:
-        from audsemthinker.train.fast import fast_settings
-
         fast_settings(cfg)
     if cfg.get("sampler") is not None:
-        from audsemthinker.train.sampler_mismatch import sampler_settings
-
         sampler_settings(cfg)
     return cfg
 

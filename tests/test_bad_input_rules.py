@@ -11,8 +11,9 @@ import soundfile as sf
 from fixtures_audio import tone, write_tone
 
 from audsemthinker.audio import AudioError, audio_problem, load_audio
-from audsemthinker.data.audsem import parse_choices, safe_name
+from audsemthinker.data.audsem import parse_choices
 from audsemthinker.data.examples import RowError
+from audsemthinker.data.paths import safe_name
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from audsemthinker.train.fast import GRPOFast
+from audsemthinker.schemas import GRPOFast
 from audsemthinker.train.rollout import (
     AudioEncodingCache,
     LoraSnapshot,
@@ -322,7 +322,7 @@ def test_compiled_decoding_needs_the_loop_and_a_static_cache(grpo, ok):
     from omegaconf import OmegaConf
 
     from audsemthinker.config import ConfigError
-    from audsemthinker.train.fast import fast_settings
+    from audsemthinker.schemas import fast_settings
 
     cfg = OmegaConf.create({"fast": {"grpo": grpo}})
     if ok:

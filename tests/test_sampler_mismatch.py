@@ -20,13 +20,8 @@ from test_decode import _config, _inputs
 from test_grpo_audio import _args, tone_rows
 
 from audsemthinker.config import ConfigError
-from audsemthinker.train.sampler_mismatch import (
-    SamplerLogps,
-    SamplerSettings,
-    finish,
-    mismatch_stats,
-    sampler_settings,
-)
+from audsemthinker.schemas import SamplerSettings, sampler_settings
+from audsemthinker.train.sampler_mismatch import SamplerLogps, finish, mismatch_stats
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +111,7 @@ def _forward_logps(model, inputs, sequences, cfg) -> torch.Tensor:
 @pytest.mark.parametrize("path", ["decode_loop", "generate"])
 def test_the_sampler_records_the_log_probs_it_drew_from(tiny_model, tiny_processor, prompts,
                                                         path):
-    from audsemthinker.train.fast import GRPOFast
+    from audsemthinker.schemas import GRPOFast
     from audsemthinker.train.grpo_fast import loop_generate
 
     inputs, _ = _inputs(tiny_processor, prompts, copies=2)

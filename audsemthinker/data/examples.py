@@ -22,19 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from audsemthinker import format as fmt
+from audsemthinker.data.readers import RowError
 
 SFT_KEYS = ("id", "audio", "task", "variant", "question", "answer", "choices", "messages",
             "duration", "source")
 GRPO_KEYS = ("id", "audio", "task", "variant", "question", "answer", "choices", "prompt",
              "duration", "source")
-
-
-class RowError(ValueError):
-    """An item that cannot become a row; ``reason`` is what the build report counts."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,12 +258,3 @@ def write_examples(jsonl_path: str | Path, rows: Iterable[dict]) -> int:
         for row in rows:
             w.write(row)
     return w.count
-
-
-def iter_json_lines(path: str | Path):
-    """:func:`audsemthinker.data.readers.iter_json_lines`, which reads JSONL *sources* (one
-    counted error per unreadable line); imported here lazily because readers imports RowError
-    from this module."""
-    from audsemthinker.data.readers import iter_json_lines as read
-
-    return read(path)

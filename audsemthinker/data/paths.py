@@ -10,10 +10,12 @@ trust that is laid out across folders.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
-from audsemthinker.data.examples import RowError
+from audsemthinker.data.readers import RowError
 
 
 def confined(root: str | Path, name: str, allow_outside: bool = False) -> Path:
@@ -42,3 +44,25 @@ def confined(root: str | Path, name: str, allow_outside: bool = False) -> Path:
         raise RowError("path_outside_root", f"{name[:200]!r} is not inside {base} (set "
                        "allow_outside_root=true to accept it)")
     return Path(joined)
+
+
+MAX_NAME = 100
+"""Longest file-name stem kept from a key (file systems stop at 255 bytes)."""
+_PLAIN = re.compile(r"[a-z0-9_\-][a-z0-9_.\-]*")
+_HASH_TAIL = re.compile(r"-[0-9a-f]{10}$")
+
+
+def safe_name(key: str) -> str:
+    """A file name for an item key, different for every key.
+
+    A key is used as is only when it is plain lowercase ASCII (so it means one file on a
+    case-insensitive file system too), at most :data:`MAX_NAME` long, and does not itself end
+    like a hashed name. Every other key becomes its cleaned, shortened form plus a hash of the
+    whole key: ``"clip a"`` and a literal ``"clip_a-<hash>"`` cannot meet on one file, and a
+    key longer than the file-system limit still gets a name.
+    """
+    key = str(key)
+    if _PLAIN.fullmatch(key) and len(key) <= MAX_NAME and not _HASH_TAIL.search(key):
+        return key
+    safe = re.sub(r"[^A-Za-z0-9_.\-]+", "_", key).strip("._")[:MAX_NAME] or "item"
+    return f"{safe}-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"

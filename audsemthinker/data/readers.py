@@ -2,7 +2,7 @@
 
 Every builder that reads a CSV or JSONL *source* goes through :func:`read_csv` /
 :func:`iter_json_lines`. Each yields ``(row number, value)`` where the value is the parsed row
-or a :class:`~audsemthinker.data.examples.RowError` saying what is wrong with that line
+or a :class:`RowError` saying what is wrong with that line
 (``not_utf8``, ``malformed_json``, ``malformed_row``, ``cell_too_large``), so the builder skips
 and counts it under its own id and goes on. What is handled:
 
@@ -24,7 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from audsemthinker.data.examples import RowError
+
+class RowError(ValueError):
+    """An item that cannot become a row; ``reason`` is what the build report counts."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
 
 CSV_CELL_LIMIT = 131072
 """Longest CSV cell accepted, in characters (the ``csv`` module's own default limit)."""

@@ -362,8 +362,8 @@ def _store_capped(row: dict, wave: Any, audio_root: Path, item_id: str) -> dict:
     import soundfile as sf
 
     from audsemthinker.audio import SAMPLE_RATE
-    from audsemthinker.data.audsem import safe_name
     from audsemthinker.data.examples import map_audio
+    from audsemthinker.data.paths import safe_name
 
     old = Path(row["audio"])
     new = audio_root / "capped" / f"{safe_name(item_id)}.flac"

@@ -10,10 +10,11 @@ tokenizer, and no thinker weight may be left at its random initialisation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from audsemthinker.schemas import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +22,6 @@ ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 """``auto``: flash_attention_2 when ``flash_attn`` imports and the model goes to CUDA, else sdpa."""
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "auto": "auto"}
-
-
-@dataclass
-class ModelConfig:
-    """The ``model`` config group (see ``configs/model/*.yaml``)."""
-
-    name_or_path: str = "Qwen/Qwen2.5-Omni-7B"
-    dtype: str = "bfloat16"
-    attn_implementation: str = "auto"
-    trust_remote_code: bool = False
-    revision: str | None = None
-    tiny: bool = False  # build the tiny random checkpoint at name_or_path if it is missing
-    gradient_checkpointing: bool = False
 
 
 def resolve_dtype(name: str) -> torch.dtype | str:

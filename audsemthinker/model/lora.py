@@ -18,26 +18,13 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from audsemthinker.schemas import LoraSettings
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoraSettings:
-    """The ``lora`` config group. ``preset: none`` means full fine-tuning."""
-
-    preset: str = "released"
-    target_modules: list[str] = field(default_factory=list)  # regexes; used when preset=custom
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    bias: str = "none"
-    freeze_audio_encoder: bool = False
-    freeze_vision: bool = True
 
 
 def _part(name: str) -> str:

@@ -227,10 +227,9 @@ def build_grpo_trainer(cfg: DictConfig):
         FileNotFoundError: no training rows, or a ``grpo_init`` folder without a model.
     """
     from audsemthinker.rewards import build_rewards
-    from audsemthinker.train.fast import fast_settings
+    from audsemthinker.schemas import fast_settings, sampler_settings
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
     from audsemthinker.train.judge_log import JudgeStatsCallback
-    from audsemthinker.train.sampler_mismatch import sampler_settings
     from audsemthinker.train.sft import (
         TRACE_ENV,
         audio_cap,

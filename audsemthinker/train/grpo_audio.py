@@ -26,7 +26,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS, audio_tokens_for_frames
-from audsemthinker.train.fast import GRPOFast
+from audsemthinker.schemas import GRPOFast, SamplerSettings
 from audsemthinker.train.grpo_fast import (
     Setup,
     generate_replaced,
@@ -44,7 +44,7 @@ from audsemthinker.train.rollout import (
     merged_lora,
     same_tower,
 )
-from audsemthinker.train.sampler_mismatch import SamplerMismatch, SamplerSettings
+from audsemthinker.train.sampler_mismatch import SamplerMismatch
 from audsemthinker.train.shared_scoring import (
     head_unsupported,
     shared_logps_and_entropies,
@@ -177,7 +177,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             ref_model: the reference for full fine-tuning with beta > 0 (load it with
                 ``load_thinker`` from the policy's folder); must be None with LoRA.
             max_audio_seconds: clip audio longer than this when loading (None: keep all).
-            fast: the ``fast.grpo`` switches (``audsemthinker.train.fast``); None: all on.
+            fast: the ``fast.grpo`` switches (``audsemthinker.schemas``); None: all on.
             sampler: sampler/trainer mismatch measurement and correction
                 (``audsemthinker.train.sampler_mismatch``); None: the defaults.
             **kwargs: passed to ``trl.GRPOTrainer`` (callbacks, optimizers, ...).

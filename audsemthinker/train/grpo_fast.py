@@ -19,8 +19,8 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from audsemthinker.schemas import GRPOFast
 from audsemthinker.train.decode import decode_blocker, sample_shared
-from audsemthinker.train.fast import GRPOFast
 from audsemthinker.train.shared_scoring import group_shuffle
 
 log = logging.getLogger(__name__)

@@ -214,7 +214,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     from audsemthinker.data.collate import AudioCollator
     from audsemthinker.model.compile import compile_decoder_layers
     from audsemthinker.model.lora import count_trainable
-    from audsemthinker.train.fast import fast_settings
+    from audsemthinker.schemas import fast_settings
     from audsemthinker.train.packing import PackingCollator, check_packable
     from audsemthinker.train.sft_fast import fast_trainer_kwargs, sft_trainer_class
 

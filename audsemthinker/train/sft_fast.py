@@ -251,7 +251,7 @@ def sft_trainer_class(fast) -> type:
     """``FastSFTTrainer`` when any ``fast.sft`` switch is on, else plain ``trl.SFTTrainer``.
 
     Args:
-        fast: ``FastSettings.sft`` (``audsemthinker.train.fast``).
+        fast: ``FastSettings.sft`` (``audsemthinker.schemas``).
     """
     return FastSFTTrainer if (fast.chunked_ce or fast.length_grouped or fast.padding_free) \
         else SFTTrainer
