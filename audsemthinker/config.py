@@ -145,6 +145,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         from audsemthinker.train.fast import fast_settings
 
         fast_settings(cfg)
+    if cfg.get("grpo") is not None:
+        from audsemthinker.train.grpo_options import grpo_options
+
+        grpo_options(cfg)
     return cfg
 
 
