@@ -24,7 +24,7 @@ from audsemthinker.train.dynamic_sampling import (
 from audsemthinker.train.grpo_options import GRPOOptions
 
 G = 4
-FLAT_ITEMS = {0, 3}  # prompts whose 4 completions always get the same reward
+FLAT_ITEMS = {0, 2, 3}  # prompts whose 4 completions always get the same reward
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def _dynamic(max_rounds: int = 3) -> GRPOOptions:
 
 @pytest.mark.parametrize("setup", [
     dict(lora=True, per_device_train_batch_size=2, gradient_accumulation_steps=4,
-         num_iterations=2, max_steps=4, max_rounds=3),
+         num_iterations=2, max_steps=2, max_rounds=3),
     dict(lora=False, per_device_train_batch_size=4, gradient_accumulation_steps=2,
          num_iterations=1, max_steps=2, max_rounds=0),
 ], ids=["lora-ga4-iter2-refill", "full-ga2-capped"])
@@ -225,7 +225,7 @@ def test_two_ranks_agree_on_what_was_dropped(tmp_path, tiny_full_dir):
     from test_sft import build_synthetic
 
     steps, batch, gens = 2, 4, 2
-    data = build_synthetic(tmp_path / "data", n_train=8, n_test=2)
+    data = build_synthetic(tmp_path / "data", n_train=8, n_test=0)  # no held-out pass
     run_dir, trace = tmp_path / "run", tmp_path / "trace"
     _run("grpo.py", LAUNCH, run_dir, tiny_full_dir, data, trace, tmp_path / "launch.log",
          "reward.rewards=[{_target_:test_grpo_dynamic_sampling.flat_for_even}]",
