@@ -221,7 +221,7 @@ def test_length_bad_config(kw, msg):
 # --------------------------------------------------------------------------------------------
 def test_registry_names_and_stable_function_names():
     assert available_rewards() == sorted(REWARDS) == [
-        "accuracy", "format", "length", "open_answer", "semantic_consistency",
+        "accuracy", "format", "length", "open_answer", "overlong", "semantic_consistency",
         "semantic_coverage"]
     for name in available_rewards():
         assert get_reward(name).__name__ == name

@@ -58,7 +58,7 @@ def soft_overlong_penalty(n: int, max_length: int, buffer: int) -> float:
 
 
 @register("overlong")
-def get_overlong_reward(max_length: int, buffer: int = 64) -> Callable[..., list[float]]:
+def get_overlong_reward(max_length: int = 512, buffer: int = 64) -> Callable[..., list[float]]:
     """Build the ``overlong`` reward on each completion's token count (``completion_ids``).
 
     Raises:
