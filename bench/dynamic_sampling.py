@@ -1,9 +1,9 @@
 """GRPO with and without dynamic sampling on the synthetic task: held-out accuracy per
 optimizer step and per generated token, over seeds.
 
-    python bench/dynamic_sampling.py                           # 60 steps, eval every 15, seeds 0 1 2
+    python bench/dynamic_sampling.py              # 60 steps, eval every 15, seeds 0 1 2
     python bench/dynamic_sampling.py --steps 30 --eval-every 10 --seeds 0 1
-    OUT=/some/dir python bench/dynamic_sampling.py              # also writes dynamic_sampling.json
+    OUT=/some/dir python bench/dynamic_sampling.py    # also writes dynamic_sampling.json
 
 The start is the GRPO learning test's (``tests/test_grpo_learning.py``): a deterministic partial
 SFT of the tiny model that learns the answer format and the pitch task but not noise vs tone, so

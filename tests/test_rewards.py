@@ -354,6 +354,7 @@ SAMPLES = [
     ({"name": "semantic_consistency"}, {0.0, 1.0}),
     ({"name": "open_answer"}, (0.0, 1.0)),
     ({"name": "open_answer", "metric": "rouge_l"}, (0.0, 1.0)),
+    ({"name": "overlong", "max_length": 2, "buffer": 1}, (-1.0, 0.0)),
 ]
 FUNCS = [(build_rewards([dict(cfg, log_name=str(i))])[0][0], rng)
          for i, (cfg, rng) in enumerate(SAMPLES)]
