@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the learning test's start and config helpers
+sys.path.insert(0, str(ROOT / "tests"))  # the learning test's starting point and config code
 
 ARMS = {"off": "grpo.dynamic_sampling.enabled=false", "on": "grpo.dynamic_sampling.enabled=true"}
 
