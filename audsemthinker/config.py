@@ -24,6 +24,7 @@ from audsemthinker.schemas import (
     _suggest,
     check_fields,
     fast_settings,
+    grpo_options,
     sampler_settings,
 )
 
@@ -134,6 +135,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         fast_settings(cfg)
     if cfg.get("sampler") is not None:
         sampler_settings(cfg)
+    if cfg.get("grpo") is not None:
+        grpo_options(cfg)
     return cfg
 
 

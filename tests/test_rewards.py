@@ -221,7 +221,7 @@ def test_length_bad_config(kw, msg):
 # --------------------------------------------------------------------------------------------
 def test_registry_names_and_stable_function_names():
     assert available_rewards() == sorted(REWARDS) == [
-        "accuracy", "format", "length", "open_answer", "semantic_consistency",
+        "accuracy", "format", "length", "open_answer", "overlong", "semantic_consistency",
         "semantic_coverage"]
     for name in available_rewards():
         assert get_reward(name).__name__ == name
@@ -355,6 +355,7 @@ SAMPLES = [
     ({"name": "semantic_consistency"}, {0.0, 1.0}),
     ({"name": "open_answer"}, (0.0, 1.0)),
     ({"name": "open_answer", "metric": "rouge_l"}, (0.0, 1.0)),
+    ({"name": "overlong", "max_length": 2, "buffer": 1}, (-1.0, 0.0)),
 ]
 FUNCS = [(build_rewards([dict(cfg, log_name=str(i))])[0][0], rng)
          for i, (cfg, rng) in enumerate(SAMPLES)]

@@ -49,7 +49,8 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
 # Private methods that are ours: upstream must not define them (or ours would override it).
 OWN_HELPERS: dict[str, set[str]] = {
     "audsemthinker.train.grpo_audio:AudioGRPOTrainer": {
-        "_setup_fast", "_fast_on", "_prepare_ref_model", "_load_clip", "_shared_prompt_pass"},
+        "_setup_fast", "_fast_on", "_prepare_ref_model", "_load_clip", "_shared_prompt_pass",
+        "_setup_options", "_score_round"},
     "audsemthinker.train.sft_fast:FastSFTTrainer": {
         "_eval_collator", "_log_token_metrics", "_count_train_tokens"},
 }

@@ -4,7 +4,7 @@ Every reward is a plain function ``f(completions, **columns) -> list[float]`` bu
 ``get_*_reward(**cfg)`` factory and registered by name; :func:`build_rewards` turns a config into
 TRL's ``reward_funcs`` and ``reward_weights``. Pure Python: importing this package never imports
 torch. Registered: accuracy, format, length (docs/recipe.md), semantic_coverage,
-semantic_consistency, open_answer.
+semantic_consistency, open_answer, overlong (DAPO's soft overlong penalty).
 """
 
 # Importing the reward modules registers them (each imports the registry first).
@@ -16,6 +16,7 @@ from audsemthinker.rewards.open_answer import (
     OpenAIJudge,
     get_open_answer_reward,
 )
+from audsemthinker.rewards.overlong import get_overlong_reward
 from audsemthinker.rewards.registry import (
     REWARDS,
     available_rewards,
@@ -42,6 +43,7 @@ __all__ = [
     "get_format_reward",
     "get_length_reward",
     "get_open_answer_reward",
+    "get_overlong_reward",
     "get_reward",
     "get_semantic_consistency_reward",
     "get_semantic_coverage_reward",

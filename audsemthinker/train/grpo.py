@@ -227,7 +227,8 @@ def build_grpo_trainer(cfg: DictConfig):
         FileNotFoundError: no training rows, or a ``grpo_init`` folder without a model.
     """
     from audsemthinker.rewards import build_rewards
-    from audsemthinker.schemas import fast_settings, sampler_settings
+    from audsemthinker.rewards.overlong import overlong_setup
+    from audsemthinker.schemas import fast_settings, grpo_options, sampler_settings, think_budget
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
     from audsemthinker.train.judge_log import JudgeStatsCallback
     from audsemthinker.train.sft import (
@@ -240,11 +241,17 @@ def build_grpo_trainer(cfg: DictConfig):
 
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
-    funcs, weights = build_rewards(OmegaConf.to_container(cfg.reward, resolve=True)["rewards"])
+    reward_spec = OmegaConf.to_container(cfg.reward, resolve=True)["rewards"]
+    funcs, weights = build_rewards(reward_spec)
+    options = grpo_options(cfg)
+    options.stats.think_budget = think_budget(options, reward_spec)
     trace = bool(os.environ.get(TRACE_ENV))  # multi-process debug hook (tests)
     if trace:
         funcs = [traced_reward(f) for f in funcs]
     args = grpo_args(cfg, run_dir, report_to, weights)  # validated before the model loads
+    funcs, args.reward_weights, mask = overlong_setup(options.overlong,
+                                                      args.max_completion_length, funcs, weights)
+    args.mask_truncated_completions = args.mask_truncated_completions or mask
     seed_everything(args.seed)
     rows = {s: load_split(cfg, s) for s in ("train", "valid", "test")}
     if not rows["train"]:
@@ -261,7 +268,7 @@ def build_grpo_trainer(cfg: DictConfig):
         callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
         max_audio_seconds=audio_cap(cfg),
-        fast=fast_settings(cfg).grpo, sampler=sampler_settings(cfg))
+        fast=fast_settings(cfg).grpo, sampler=sampler_settings(cfg), options=options)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)
     log.info("GRPO: %d train rows from %s, rewards %s (weights %s), lora=%s, beta=%s, run_dir=%s",
@@ -340,6 +347,7 @@ def run_grpo(cfg: DictConfig) -> dict:
     from audsemthinker.eval.report import write_json_atomic
     from audsemthinker.model.processor import save_processor
     from audsemthinker.train.export import export_merged
+    from audsemthinker.train.grpo_stats import plot_grpo_stats
     from audsemthinker.train.sampler_mismatch import mismatch_curves
     from audsemthinker.train.sft import heldout_accuracy
 
@@ -367,6 +375,9 @@ def run_grpo(cfg: DictConfig) -> dict:
         after = None if not held_rows else heldout_not_run(blocker, len(held_rows)) if blocker \
             else heldout_accuracy(trainer.model, processor, held_rows, cfg)
         png = plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png")
+        stats_png = None if not trainer.options.stats.plot else plot_grpo_stats(
+            run_dir / "metrics.jsonl", run_dir / "grpo_stats.png",
+            trainer.options.stats.think_budget)
         report = json_safe({
             "run_dir": str(run_dir), "final": str(final), "merged": str(merged),
             "init": info["model_config"].name_or_path, "resumed_from": ckpt,
@@ -379,6 +390,9 @@ def run_grpo(cfg: DictConfig) -> dict:
             "rewards": reward_summary(run_dir / "metrics.jsonl"),
             "sampler_mismatch": mismatch_curves(run_dir / "metrics.jsonl"),
             "rewards_plot": str(png) if png else None,
+            "stats_plot": str(stats_png) if stats_png else None,
+            "dynamic_sampling": trainer.dynamic_sampler.totals if trainer.dynamic_sampler
+            else None,
             "heldout": {"split": split, "n": len(held_rows),
                         "before": before, "after": after,
                         "accuracy_before": (before or {}).get("accuracy"),

@@ -26,7 +26,8 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS, audio_tokens_for_frames
-from audsemthinker.schemas import GRPOFast, SamplerSettings
+from audsemthinker.schemas import GRPOFast, GRPOOptions, SamplerSettings
+from audsemthinker.train.dynamic_sampling import DynamicSampler
 from audsemthinker.train.grpo_fast import (
     Setup,
     generate_replaced,
@@ -35,6 +36,7 @@ from audsemthinker.train.grpo_fast import (
     loop_generate,
     off_reasons,
 )
+from audsemthinker.train.grpo_stats import RoundRecorder
 from audsemthinker.train.prefix_share import shared_prompt_blocker
 from audsemthinker.train.rollout import (
     AudioEncodingCache,
@@ -131,10 +133,14 @@ class AudioGRPOTrainer(GRPOTrainer):
     - ``_tokenize_prompts`` (private): renders each prompt, loads its audio with
       ``audsemthinker.audio.load_audio``, and runs the processor once, so the prompt ids carry
       exactly as many <|AUDIO|> tokens as the features produce; the features go to ``generate``.
-    - ``_generate_and_score_completions`` (private): wraps TRL's; the features of its batch are
-      active for the old-policy and reference forwards inside it and are added to the returned
-      batch dict, where TRL's shuffles and splits keep them on their row. It also empties the
-      audio cache: a new generation batch starts.
+    - ``_generate_and_score_completions`` (private): empties the audio cache (a new generation
+      batch starts), then scores one round (``_score_round``) or, with
+      ``grpo.dynamic_sampling``, as many rounds as ``dynamic_sampling.DynamicSampler`` needs.
+      ``_score_round`` wraps TRL's method: the features of its batch are active for the
+      old-policy and reference forwards inside it and are added to the returned batch dict,
+      where TRL's shuffles and splits keep them on their row. With ``options`` given, TRL's
+      ``_calculate_rewards`` is wrapped on the instance by ``grpo_stats.RoundRecorder``, which
+      only reads (each round's gathered rewards, think-word statistics).
     - ``_compute_loss`` (private): makes the batch's features active for the policy forward.
     - ``_get_per_token_logps_and_entropies`` (private): while features are active, runs TRL's
       own method chunk by chunk through a wrapper that adds that chunk's rows of features. With
@@ -163,7 +169,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     def __init__(self, model, reward_funcs, args, train_dataset=None, eval_dataset=None,
                  processing_class=None, ref_model=None, max_audio_seconds: float | None = None,
                  fast: GRPOFast | None = None, sampler: SamplerSettings | None = None,
-                 **kwargs):
+                 options: GRPOOptions | None = None, **kwargs):
         """Build the trainer.
 
         Args:
@@ -180,6 +186,8 @@ class AudioGRPOTrainer(GRPOTrainer):
             fast: the ``fast.grpo`` switches (``audsemthinker.schemas``); None: all on.
             sampler: sampler/trainer mismatch measurement and correction
                 (``audsemthinker.train.sampler_mismatch``); None: the defaults.
+            options: the ``grpo`` group (``audsemthinker.schemas.GRPOOptions``): dynamic sampling and the
+                think-word statistics. None: neither (TRL's rounds exactly as they were).
             **kwargs: passed to ``trl.GRPOTrainer`` (callbacks, optimizers, ...).
 
         Raises:
@@ -225,6 +233,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             self.ref_model = self._prepare_ref_model(ref_model)
         self._setup_fast(fast if fast is not None else GRPOFast())
         self.mismatch = SamplerMismatch(self, sampler or SamplerSettings())
+        self._setup_options(options)
 
     # ---------------------------------------------------------------------------------------
     # Fast paths: the decisions and swaps live in grpo_fast.py
@@ -350,7 +359,25 @@ class AudioGRPOTrainer(GRPOTrainer):
         fields = audio.rows(0, len(ids), dtype=self.model.dtype)
         return ids, None, fields
 
+    def _setup_options(self, options: GRPOOptions | None) -> None:
+        """The ``grpo`` group: a round recorder (statistics) and the dynamic sampler."""
+        self.options = options
+        self.round_recorder = self.dynamic_sampler = None
+        if options is None:
+            return
+        self.round_recorder = RoundRecorder(self, options.stats.think_budget)
+        if options.dynamic_sampling.enabled:
+            self.dynamic_sampler = DynamicSampler(options.dynamic_sampling, self)
+
     def _generate_and_score_completions(self, inputs):
+        if self.audio_cache is not None:
+            self.audio_cache.clear()
+        if self.dynamic_sampler is not None and self.model.training:
+            return self.dynamic_sampler.fill(self, inputs)
+        return self._score_round(inputs)
+
+    def _score_round(self, inputs):
+        """TRL's generation and scoring of ``inputs``, each row's audio features added."""
         for x in inputs:  # the row's audio column, when present, must be the prompt's clip
             if x.get("audio") is not None and "prompt" in x:
                 in_prompt = prompt_audio_paths(x["prompt"])
@@ -358,8 +385,6 @@ class AudioGRPOTrainer(GRPOTrainer):
                     raise ValueError(f"row {x.get('id')!r}: audio column {x['audio']!r} differs "
                                      f"from the prompt's audio part {in_prompt[0]!r}")
         self._active_audio = None
-        if self.audio_cache is not None:
-            self.audio_cache.clear()
         try:
             with self.mismatch.scoring(self):
                 out = super()._generate_and_score_completions(inputs)
