@@ -179,10 +179,11 @@ class SweepSummaryCallback(Callback):
                      f"{type(error).__name__}: {error}"[:500])
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        """Summarise ``config.hydra.sweep.dir`` (the folder the jobs were written into); raise
-        when a job failed, so the sweep exits non-zero after writing the summary."""
+        """Summarise ``config.hydra.sweep.dir`` (the folder the jobs were written into); when a
+        job failed, exit non-zero after writing the summary (SystemExit: Hydra turns a
+        callback's exceptions into warnings)."""
         rows = summarize_sweep(str(config.hydra.sweep.dir))
         failed = [r["job"] for r in rows if str(r["status"]).startswith("failed")]
         if failed:
-            raise RuntimeError(f"sweep jobs {failed} failed; see "
-                               f"{Path(str(config.hydra.sweep.dir)) / SUMMARY_MD}")
+            raise SystemExit(f"sweep jobs {failed} failed; see "
+                             f"{Path(str(config.hydra.sweep.dir)) / SUMMARY_MD}")
