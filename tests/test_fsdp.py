@@ -235,7 +235,13 @@ def test_fsdp_full_finetuning_shards_and_matches_one_process(tmp_path, tiny_full
         return model, {n: p.detach() for n, p in model.named_parameters()}
 
     final, got = weights(run_dir / "final")
-    assert trainable_digest(final) == _digest(trace, 0)
+    from omegaconf import OmegaConf
+
+    from audsemthinker.config import to_dataclass
+    from audsemthinker.model.lora import LoraSettings, apply_lora
+
+    lora = to_dataclass(OmegaConf.load(run_dir / "config.yaml").lora, LoraSettings)
+    assert trainable_digest(apply_lora(final, lora)) == _digest(trace, 0)  # what trained
     want, base = weights(ref_dir / "final")[1], weights(tiny_full_dir)[1]
     apart = sum((got[n] - want[n]).abs().sum().item() for n in want)
     moved = sum((want[n] - base[n]).abs().sum().item() for n in want)
