@@ -48,3 +48,18 @@ def test_local_submitit_sweep_runs_accelerate_jobs_and_summarises_a_failure(tmp_
     assert failed["global_step"] is None
     assert (sweep / "1" / "ranks.log").read_text()
     assert "failed" in (sweep / "sweep_summary.md").read_text()
+
+
+@pytest.mark.parametrize("name, target", [("slurm", "SlurmLauncher"), ("local", "LocalLauncher")])
+def test_cluster_launcher_configs_compose(name, target):
+    """The SLURM config cannot run here; it composes onto the plugin's launcher with one task
+    per node (the task runs accelerate launch for the node's ranks)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="pip install -e '.[cluster]' (part of the dev extra)")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith(target) and launcher.tasks_per_node == 1
+    assert cfg.launch.accelerate_config is None  # a plain sweep job trains in its own process
