@@ -84,7 +84,7 @@ def run_arm(fast_on: bool, size: str, device: str, dtype, steps: int, out_dir: P
     from audsemthinker.model.processor import build_processor
     from audsemthinker.model.tiny import build_tiny_tokenizer
     from audsemthinker.rewards import build_rewards
-    from audsemthinker.train.fast import GRPOFast
+    from audsemthinker.schemas import GRPOFast
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
 
     shape = SHAPES[size]

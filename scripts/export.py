@@ -4,6 +4,7 @@
     python scripts/export.py outputs/run/<time>/checkpoint-500 exported/ckpt500 \
         --config outputs/run/<time>/config.yaml
     python scripts/export.py <adapter> exported/x --model-path /models/Qwen2.5-Omni-7B
+    python scripts/export.py outputs/run/<time>/checkpoint-500 exported/x   # FSDP checkpoint too
 
 The base model comes from the run's config.yaml (its ``model`` section), found next to the
 adapter or one folder up, unless --config / --model-path say otherwise. The output loads with
@@ -37,10 +38,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--model-path", help="base model folder or hub id (overrides the config)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = OmegaConf.load(args.config or find_config(args.source)).model
+    run_cfg = OmegaConf.load(args.config or find_config(args.source))
+    model = run_cfg.model
     if args.model_path:
         model.name_or_path = args.model_path
-    return export_merged(args.source, model, args.out_dir)
+    return export_merged(args.source, model, args.out_dir, lora_cfg=run_cfg.get("lora"))
 
 
 if __name__ == "__main__":

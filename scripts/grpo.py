@@ -21,6 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from audsemthinker.config import validate
+from audsemthinker.train.cluster import relaunch
 from audsemthinker.train.launch import agree_on_run_dir, ensure_data
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ def main(cfg: DictConfig) -> None:
     from audsemthinker.train.grpo import check_grpo_section, run_grpo
 
     validate(cfg)
+    if relaunch(cfg, __file__):  # launch.accelerate_config: this job starts its ranks
+        return
     check_grpo_section(cfg)
     agree_on_run_dir(cfg)
     # -- data --------------------------------------------------------------------------------

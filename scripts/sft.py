@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from audsemthinker.config import validate
+from audsemthinker.train.cluster import relaunch
 from audsemthinker.train.launch import agree_on_run_dir, ensure_data
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def main(cfg: DictConfig) -> None:
     from audsemthinker.train.sft import check_sft_section, run_sft
 
     validate(cfg)
+    if relaunch(cfg, __file__):  # launch.accelerate_config: this job starts its ranks
+        return
     check_sft_section(cfg)
     agree_on_run_dir(cfg)
     # -- data --------------------------------------------------------------------------------

@@ -170,7 +170,8 @@ def test_script_trains_saves_reports_and_resumes(tmp_path, tiny_full_dir):
 def test_a_sharded_grpo_run_saves_and_reports_without_generating(tmp_path, tiny_full_dir,
                                                                  monkeypatch):
     """Under ZeRO-3/FSDP neither held-out pass (before or after training) may run on rank 0
-    alone; the run still trains, saves, merges and reports."""
+    alone (the every-rank pass runs instead); the run still trains, saves, merges and
+    reports."""
     import torch
 
     from audsemthinker.train import grpo
@@ -188,8 +189,8 @@ def test_a_sharded_grpo_run_saves_and_reports_without_generating(tmp_path, tiny_
         "lora=tiny", "train.grpo.max_steps=1", "train.grpo.save_strategy=no"])
     report = grpo.run_grpo(cfg)
     held = report["heldout"]
-    assert held["before"]["not_run"] == held["after"]["not_run"] == "FSDP (simulated)"
-    assert held["accuracy_before"] is None and held["accuracy_after"] is None
+    assert held["before"]["n"] == held["after"]["n"] == 2
+    assert held["accuracy_before"] is not None and held["accuracy_after"] is not None
     assert report["global_step"] == 1 and os.path.isdir(report["merged"])
 
 

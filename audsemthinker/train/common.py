@@ -277,8 +277,8 @@ def rank0_generation_blocker(trainer) -> str | None:
     The held-out accuracy after SFT/GRPO (and GRPO's before-training one) runs ``generate`` on
     rank 0 only, while the other ranks wait. Under DeepSpeed ZeRO-3 or FSDP each forward
     gathers weight shards from every rank, so rank 0 alone would block forever in that gather
-    (after the final weights are saved, but without a report). Those runs skip the held-out
-    pass with this reason; ``scripts/eval.py`` on the saved model gives the number instead.
+    (after the final weights are saved, but without a report). Those runs generate on every
+    rank instead (``audsemthinker.train.sharding.heldout_on_all_ranks``).
     """
     acc = trainer.accelerator
     if acc.num_processes <= 1:
@@ -289,12 +289,3 @@ def rank0_generation_blocker(trainer) -> str | None:
     if getattr(trainer, "is_fsdp_enabled", False):
         return "FSDP shards the weights across ranks"
     return None
-
-
-def heldout_not_run(reason: str, n_rows: int) -> dict:
-    """The held-out record of a run that could not generate (see
-    :func:`rank0_generation_blocker`)."""
-    log.warning("held-out accuracy not computed: %s; evaluate the saved model with "
-                "scripts/eval.py", reason)
-    return {"accuracy": None, "n": 0, "rows": n_rows, "not_run": reason, "skipped": {},
-            "no_answer": 0, "examples": []}

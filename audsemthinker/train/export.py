@@ -17,6 +17,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+SHARDED_DIR = "pytorch_model_fsdp_0"
+"""Where an FSDP checkpoint (``SHARDED_STATE_DICT``) keeps the model: a
+``torch.distributed.checkpoint`` folder, one file per rank."""
 
 
 def find_trained(path: str | Path) -> tuple[Path, str]:
@@ -25,7 +28,8 @@ def find_trained(path: str | Path) -> tuple[Path, str]:
     Looks at ``path`` itself, then ``path/final``, then the newest complete checkpoint.
 
     Returns:
-        ``(folder, kind)`` with kind ``adapter`` or ``full``.
+        ``(folder, kind)`` with kind ``adapter``, ``full`` or ``sharded`` (an FSDP checkpoint:
+        the adapter, or all weights, in ``pytorch_model_fsdp_0/``).
 
     Raises:
         FileNotFoundError: none of those folders holds an adapter or model weights.
@@ -40,6 +44,8 @@ def find_trained(path: str | Path) -> tuple[Path, str]:
     for folder in candidates:
         if (folder / "adapter_config.json").exists():
             return folder, "adapter"
+        if (folder / SHARDED_DIR).is_dir():
+            return folder, "sharded"
         if (folder / "config.json").exists() and any((folder / f).exists()
                                                      for f in WEIGHT_FILES):
             return folder, "full"
@@ -47,11 +53,63 @@ def find_trained(path: str | Path) -> tuple[Path, str]:
                             "or its newest checkpoint")
 
 
+def read_sharded(folder: str | Path) -> dict:
+    """The full state dict of an FSDP checkpoint's model, read in one process (any number of
+    ranks wrote it): an adapter's tensors under LoRA, every weight under full fine-tuning.
+
+    ``dcp_to_torch_save`` is PyTorch's own converter; it goes through one temporary file
+    (the full weights, once, on the local disk).
+    """
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(Path(folder) / SHARDED_DIR), f"{tmp}/model.pt")
+        state = torch.load(f"{tmp}/model.pt", map_location="cpu", weights_only=True)
+    return state["model"]
+
+
+def load_sharded(folder: str | Path, mcfg, lora_cfg=None):
+    """The thinker a sharded checkpoint holds: ``mcfg``'s base with the checkpoint's adapter
+    (``lora_cfg``: the run's ``lora`` section) or, under full fine-tuning, its weights.
+
+    Raises:
+        ValueError: an adapter checkpoint without ``lora_cfg``, or tensors that do not fit the
+            model (a different base or LoRA preset).
+    """
+    from audsemthinker.config import to_dataclass
+    from audsemthinker.model.loader import load_thinker
+    from audsemthinker.model.lora import LoraSettings, apply_lora
+
+    state = read_sharded(folder)
+    model = load_thinker(mcfg)
+    if not any("lora_" in k for k in state):
+        model.load_state_dict(state, strict=True)
+        return model
+    if lora_cfg is None:
+        raise ValueError(f"{folder} holds a LoRA adapter: pass the run's lora section "
+                         "(scripts/export.py reads it from the run's config.yaml)")
+    from peft import set_peft_model_state_dict
+
+    settings = lora_cfg if isinstance(lora_cfg, LoraSettings) else \
+        to_dataclass(lora_cfg, LoraSettings)
+    model = apply_lora(model, settings)
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"{folder} does not fit lora preset {settings.preset!r}: unexpected "
+                         f"{result.unexpected_keys[:5]}, missing {missing[:5]}")
+    return model
+
+
 def _has_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer_config.json").exists()
 
 
-def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path) -> Path:
+def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path,
+                  lora_cfg=None) -> Path:
     """Merge the adapter of a run into its base thinker and save a thinker-only folder.
 
     Args:
@@ -61,6 +119,8 @@ def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path)
             was trained on. Its folder must exist: a missing tiny checkpoint is not re-created
             here, so an adapter is never merged into a different random base.
         out_dir: the folder to write.
+        lora_cfg: the run's ``lora`` section; needed for an FSDP checkpoint of a LoRA run
+            (it holds the adapter's tensors without ``adapter_config.json``).
 
     Returns:
         ``out_dir``. Its ``export_info.json`` records the source, base and dtype and, for an
@@ -95,6 +155,10 @@ def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path)
         model = adapter.merge_and_unload()
         gap = merge_gap(before, token_logps(model, probe), probe)
         log.info("merged vs adapter log-probs on the probe batch: %s", gap)
+    elif kind == "sharded":
+        model = load_sharded(src, mcfg, lora_cfg)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
     else:
         model = load_thinker(dataclasses.replace(mcfg, name_or_path=str(src)))
     out = Path(out_dir)

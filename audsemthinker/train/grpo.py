@@ -34,7 +34,6 @@ from audsemthinker.train.common import (
     MetricsLogger,
     ProcessorSaver,
     configure_wandb,
-    heldout_not_run,
     json_safe,
     make_run_dir,
     rank0_generation_blocker,
@@ -238,6 +237,7 @@ def build_grpo_trainer(cfg: DictConfig):
         split_file,
         trace_callback,
     )
+    from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
 
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
@@ -252,6 +252,7 @@ def build_grpo_trainer(cfg: DictConfig):
     funcs, args.reward_weights, mask = overlong_setup(options.overlong,
                                                       args.max_completion_length, funcs, weights)
     args.mask_truncated_completions = args.mask_truncated_completions or mask
+    enable_cpu_fsdp(args)
     seed_everything(args.seed)
     rows = {s: load_split(cfg, s) for s in ("train", "valid", "test")}
     if not rows["train"]:
@@ -269,6 +270,7 @@ def build_grpo_trainer(cfg: DictConfig):
         + ([trace_callback()] if trace else []),
         max_audio_seconds=audio_cap(cfg),
         fast=fast_settings(cfg).grpo, sampler=sampler_settings(cfg), options=options)
+    check_sharded(trainer)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)
     log.info("GRPO: %d train rows from %s, rewards %s (weights %s), lora=%s, beta=%s, run_dir=%s",
@@ -350,6 +352,7 @@ def run_grpo(cfg: DictConfig) -> dict:
     from audsemthinker.train.grpo_stats import plot_grpo_stats
     from audsemthinker.train.sampler_mismatch import mismatch_curves
     from audsemthinker.train.sft import heldout_accuracy
+    from audsemthinker.train.sharding import heldout_on_all_ranks, save_final
 
     trainer, info = build_grpo_trainer(cfg)
     run_dir, processor = info["run_dir"], info["processor"]
@@ -357,23 +360,31 @@ def run_grpo(cfg: DictConfig) -> dict:
     split = "test" if info["rows"]["test"] else "valid"
     held_rows = info["rows"][split]
     ckpt = resolve_resume(cfg.get("resume", "auto"), run_dir)
-    before = None
-    blocker = rank0_generation_blocker(trainer)
-    if trainer.is_world_process_zero() and held_rows:
-        # A fresh LoRA adapter starts as a no-op, so this is the init model's accuracy.
-        before = heldout_not_run(blocker, len(held_rows)) if blocker else \
-            heldout_accuracy(trainer.model, processor, held_rows, cfg)
+    # Sharded weights: every rank generates over its slice of the rows (rank 0 alone would
+    # wait forever in the weight gather). A fresh LoRA adapter starts as a no-op, so "before"
+    # is the init model's accuracy.
+    sharded = rank0_generation_blocker(trainer) is not None
+
+    def held_out():
+        if not held_rows:
+            return None
+        if sharded:
+            return heldout_on_all_ranks(trainer, processor, held_rows, cfg)
+        if trainer.is_world_process_zero():
+            return heldout_accuracy(trainer.model, processor, held_rows, cfg)
+        return None
+
+    before = held_out()
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ckpt)
     train_s = time.perf_counter() - t0
     final = run_dir / "final"
-    trainer.save_model(str(final))
+    save_final(trainer, final)
+    after = held_out()
     report = None
     if trainer.is_world_process_zero():
         save_processor(processor, final)
         merged = export_merged(final, info["model_config"], run_dir / "merged")
-        after = None if not held_rows else heldout_not_run(blocker, len(held_rows)) if blocker \
-            else heldout_accuracy(trainer.model, processor, held_rows, cfg)
         png = plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png")
         stats_png = None if not trainer.options.stats.plot else plot_grpo_stats(
             run_dir / "metrics.jsonl", run_dir / "grpo_stats.png",

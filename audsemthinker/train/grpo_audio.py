@@ -186,8 +186,8 @@ class AudioGRPOTrainer(GRPOTrainer):
             fast: the ``fast.grpo`` switches (``audsemthinker.schemas``); None: all on.
             sampler: sampler/trainer mismatch measurement and correction
                 (``audsemthinker.train.sampler_mismatch``); None: the defaults.
-            options: the ``grpo`` group (``audsemthinker.schemas.GRPOOptions``): dynamic sampling and the
-                think-word statistics. None: neither (TRL's rounds exactly as they were).
+            options: the ``grpo`` group (``audsemthinker.schemas.GRPOOptions``): dynamic sampling
+                and the think-word statistics. None: neither (TRL's rounds as they were).
             **kwargs: passed to ``trl.GRPOTrainer`` (callbacks, optimizers, ...).
 
         Raises:

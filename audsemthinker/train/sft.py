@@ -28,7 +28,6 @@ from audsemthinker.train.common import (
     MetricsLogger,
     ProcessorSaver,
     configure_wandb,
-    heldout_not_run,
     json_safe,
     make_run_dir,
     rank0_generation_blocker,
@@ -43,7 +42,8 @@ TRACE_ENV = "AUDSEM_LOG_BATCH_IDS"
 """Debug hook for multi-process checks: when set to a path, each rank appends the row indices
 it collates to ``<path>.rank<N>`` and a hash of its trainable weights to
 ``<path>.rank<N>.weights_begin`` at train start (after a resumed checkpoint is loaded) and to
-``<path>.rank<N>.weights`` at train end; GRPO also appends each reward call to
+``<path>.rank<N>.weights`` at train end (and the share of trainable elements the rank holds to
+``<path>.rank<N>.share``); GRPO also appends each reward call to
 ``<path>.rank<N>.rewards`` (``audsemthinker.train.grpo.traced_reward``)."""
 
 def trace_path(suffix: str = "") -> Path:
@@ -136,13 +136,26 @@ class RowLookup:
 
 def trainable_digest(model) -> str:
     """sha256 over the trainable parameters (name, then bytes), in name order: equal on every
-    rank of a data-parallel run after each optimizer step."""
+    rank of a data-parallel run after each optimizer step. FSDP shards (DTensors) are gathered
+    first, a collective: every rank must call this at the same point."""
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
         if p.requires_grad:
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
             h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes())
+            h.update(full.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def local_share(model) -> float:
+    """The fraction of the trainable elements this rank holds: 1.0 unsharded, about
+    1/world_size under FSDP."""
+    local = total = 0
+    for p in model.parameters():
+        if p.requires_grad:
+            local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+            total += p.numel()
+    return local / max(total, 1)
 
 
 def trace_callback():
@@ -156,6 +169,7 @@ def trace_callback():
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self._write("weights_begin", model)  # Trainer loads a resumed checkpoint before this
+            trace_path("share").write_text(f"{local_share(model)}\n")
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             self._write("weights", model)
@@ -217,11 +231,13 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     from audsemthinker.schemas import fast_settings
     from audsemthinker.train.packing import PackingCollator, check_packable
     from audsemthinker.train.sft_fast import fast_trainer_kwargs, sft_trainer_class
+    from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
 
     fast = fast_settings(cfg).sft  # validated before any work
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
     args = sft_args(cfg, run_dir, report_to)  # validate before the model is loaded
+    enable_cpu_fsdp(args)
     seed_everything(args.seed)
     rows = {s: load_split(cfg, s) for s in ("train", "valid", "test")}
     if not rows["train"]:
@@ -259,6 +275,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         + ([trace_callback()] if os.environ.get(TRACE_ENV) else []),
         **fast_trainer_kwargs(fast, rows["train"], processor.tokenizer), **packing,
     )
+    check_sharded(trainer)
     trainable, total = count_trainable(model)
     info = dict(run_dir=run_dir, processor=processor, collator=collator, rows=rows,
                 trainable=trainable, total=total)
@@ -333,9 +350,6 @@ def heldout_accuracy(model, processor, rows: Sequence[Mapping], cfg: DictConfig,
         ``accuracy`` (None without rows), ``n`` rows scored, ``skipped`` by reason,
         ``no_answer`` (completions without an ``<answer>`` block) and ``examples``.
     """
-    from audsemthinker import format as fmt
-    from audsemthinker.eval.generate import accuracy_of
-
     ev = cfg.get("eval") or {}
     if ev.get("heldout_limit"):
         rows = list(rows)[:int(ev.get("heldout_limit"))]
@@ -345,6 +359,14 @@ def heldout_accuracy(model, processor, rows: Sequence[Mapping], cfg: DictConfig,
     used, completions, skipped = generate_completions(
         model, processor, rows, decoding, batch_size=int(ev.get("batch_size") or 8),
         audio_override=audio_override, max_audio_seconds=ev.get("max_audio_seconds"))
+    return heldout_record(used, completions, skipped)
+
+
+def heldout_record(used: Sequence[Mapping], completions: Sequence[str], skipped: dict) -> dict:
+    """The held-out record of :func:`heldout_accuracy` from rows and their completions."""
+    from audsemthinker import format as fmt
+    from audsemthinker.eval.generate import accuracy_of
+
     no_answer = sum(fmt.first_block(c, fmt.ANSWER) is None for c in completions)
     if no_answer:
         log.warning("%d of %d held-out completions have no <answer> block (is "
@@ -377,6 +399,7 @@ def run_sft(cfg: DictConfig, audio_override: str | None = None) -> dict:
     from audsemthinker.data.collate import read_skip_log
     from audsemthinker.eval.report import write_json_atomic
     from audsemthinker.model.processor import save_processor
+    from audsemthinker.train.sharding import heldout_on_all_ranks, save_final
 
     trainer, info = build_sft_trainer(cfg, audio_override=audio_override)
     run_dir = info["run_dir"]
@@ -386,15 +409,19 @@ def run_sft(cfg: DictConfig, audio_override: str | None = None) -> dict:
     result = trainer.train(resume_from_checkpoint=ckpt)
     train_s = time.perf_counter() - t0
     final = run_dir / "final"
-    trainer.save_model(str(final))
+    save_final(trainer, final)
+    split = "test" if info["rows"]["test"] else "valid"
+    # Sharded weights: every rank generates over its slice of the rows (rank 0 alone would
+    # wait forever in the weight gather).
+    sharded = rank0_generation_blocker(trainer) is not None
+    held = heldout_on_all_ranks(trainer, info["processor"], info["rows"][split], cfg,
+                                audio_override=audio_override) if sharded else None
     report = None
     if trainer.is_world_process_zero():
         save_processor(info["processor"], final)
-        split = "test" if info["rows"]["test"] else "valid"
-        blocker = rank0_generation_blocker(trainer)
-        held = heldout_not_run(blocker, len(info["rows"][split])) if blocker else \
-            heldout_accuracy(trainer.model, info["processor"], info["rows"][split], cfg,
-                             audio_override=audio_override)
+        if not sharded:
+            held = heldout_accuracy(trainer.model, info["processor"], info["rows"][split], cfg,
+                                    audio_override=audio_override)
         report = json_safe({
             "run_dir": str(run_dir), "final": str(final), "resumed_from": ckpt,
             "global_step": result.global_step, "train_loss": result.training_loss,

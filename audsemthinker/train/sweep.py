@@ -6,8 +6,11 @@ Hydra writes each job into ``<hydra.sweep.dir>/<job number>/`` (``configs/hydra/
 with the job's overrides in ``.hydra/overrides.yaml`` and the training report beside them. When
 the last job returns, :class:`SweepSummaryCallback` (registered in that same file) calls
 :func:`summarize_sweep`, which writes ``sweep_summary.md`` and ``sweep_summary.json`` into the
-sweep folder. A sweep stopped by a failing job never reaches that callback; summarise what it
-left by calling ``summarize_sweep("multirun/run/<time>")`` (jobs without a report are counted).
+sweep folder. A job that raises is recorded as failed in its folder (``job_status.json``); a
+launcher that stops at the first failure (Hydra's basic one) never reaches the summary: call
+``summarize_sweep("multirun/run/<time>")``. Jobs that start their ranks through
+``accelerate launch`` (``audsemthinker/train/cluster.py``) record a failure and return, so the
+sweep completes, writes the summary with the failed rows, then exits non-zero.
 """
 
 from __future__ import annotations
@@ -70,7 +73,14 @@ def _find_report(job_dir: Path) -> tuple[Path, tuple[str, ...]] | None:
 def read_metrics(job_dir: Path) -> dict:
     """Final metrics of one job: ``global_step``, ``train_loss``, ``heldout_accuracy`` (percent)
     and ``report`` (the file they came from, relative to the job folder), or a ``status`` that
-    says why there are none (a job that failed or is still running has no report)."""
+    says why there are none (a job that failed or is still running has no report). A job
+    recorded as failed (``job_status.json``) is ``failed: <error>`` whatever it left."""
+    from audsemthinker.train.cluster import status_of
+
+    status = status_of(job_dir)
+    if status and status.get("status") == "failed":
+        return {"report": None, "status": f"failed: {status.get('error')}",
+                **dict.fromkeys(METRICS)}
     found = _find_report(job_dir)
     if found is None:
         return {"report": None, "status": "no report", **dict.fromkeys(METRICS)}
@@ -152,9 +162,28 @@ def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict]:
 
 
 class SweepSummaryCallback(Callback):
-    """Hydra callback: writes the sweep summary when a multirun ends. Single runs are untouched
-    (only ``on_multirun_end`` is overridden)."""
+    """Hydra callback: writes the sweep summary when a multirun ends, and records a sweep job
+    that raised in its folder (``job_status.json``), so the summary names it even when the
+    launcher stops the sweep. Single runs are untouched."""
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
+            return
+        from audsemthinker.train.cluster import write_status
+
+        error = getattr(job_return, "_return_value", None)
+        write_status(config.hydra.runtime.output_dir, "failed",
+                     f"{type(error).__name__}: {error}"[:500])
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        """Summarise ``config.hydra.sweep.dir`` (the folder the jobs were written into)."""
-        summarize_sweep(str(config.hydra.sweep.dir))
+        """Summarise ``config.hydra.sweep.dir`` (the folder the jobs were written into); when a
+        job failed, exit non-zero after writing the summary (SystemExit: Hydra turns a
+        callback's exceptions into warnings)."""
+        rows = summarize_sweep(str(config.hydra.sweep.dir))
+        failed = [r["job"] for r in rows if str(r["status"]).startswith("failed")]
+        if failed:
+            raise SystemExit(f"sweep jobs {failed} failed; see "
+                             f"{Path(str(config.hydra.sweep.dir)) / SUMMARY_MD}")
