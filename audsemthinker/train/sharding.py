@@ -109,7 +109,7 @@ def rank_slice(n: int, world: int, rank: int) -> range:
 def heldout_on_all_ranks(trainer, processor, rows, cfg, audio_override=None) -> dict | None:
     """Held-out accuracy of a run whose weights are sharded: every rank generates over its own
     slice of ``rows`` in step with the others, rank 0 scores them all. Call on every rank;
-    returns the record (:func:`audsemthinker.train.sft.heldout_record`) on rank 0, None
+    returns the record (:func:`audsemthinker.eval.heldout.heldout_record`) on rank 0, None
     elsewhere.
 
     Every forward is a collective, so every rank runs the same number of ``generate`` calls:
@@ -124,7 +124,7 @@ def heldout_on_all_ranks(trainer, processor, rows, cfg, audio_override=None) -> 
 
     from audsemthinker.data.collate import AudioCollator
     from audsemthinker.eval.generate import decoding_from, generate_batch
-    from audsemthinker.train.sft import heldout_record
+    from audsemthinker.eval.heldout import heldout_record
 
     acc, model = trainer.accelerator, trainer.model
     ev = cfg.get("eval") or {}
