@@ -33,6 +33,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     revision: str | None = None
     tiny: bool = False  # build the tiny random checkpoint at name_or_path if it is missing
+    pretrain: str | None = None  # with tiny: pretrain it first (audsemthinker.model.pretrain)
     gradient_checkpointing: bool = False
 
 
@@ -91,7 +92,11 @@ def resolve_attn_implementation(name: str, device: str | torch.device | None = N
 
 def ensure_checkpoint(cfg: ModelConfig) -> str:
     """Return the path/hub id to load, writing the tiny checkpoint first when ``cfg.tiny``."""
-    if cfg.tiny:
+    if cfg.tiny and cfg.pretrain:
+        from audsemthinker.model.pretrain import ensure_pretrained
+
+        ensure_pretrained(cfg.name_or_path, cfg.pretrain)
+    elif cfg.tiny:
         from audsemthinker.model.tiny import write_tiny_checkpoint
 
         path = Path(cfg.name_or_path)
