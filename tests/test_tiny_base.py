@@ -76,3 +76,26 @@ def test_the_base_is_built_once_per_recipe_and_rebuilt_when_it_changes(tmp_path,
     assert len(calls) == 2 and json.loads((path / pretrain.STAMP).read_text())["steps"] == 3
     with pytest.raises(ValueError, match="unknown recipe"):
         pretrain.ensure_pretrained(path, "nope")
+
+
+def test_the_main_job_runs_the_papers_lora_path_on_the_pretrained_base():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from audsemthinker.config import validate
+    from audsemthinker.model.pretrain import RECIPES
+    from audsemthinker.train.grpo import check_grpo_section
+    from audsemthinker.train.sft import check_sft_section
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=["run_dir=unused"])
+    validate(cfg)
+    check_sft_section(cfg), check_grpo_section(cfg)
+    assert list(cfg.stages) == ["data", "sft", "grpo", "eval"]
+    assert cfg.model.tiny and cfg.model.pretrain in RECIPES
+    assert (cfg.lora.preset, cfg.lora.r, cfg.lora.alpha) == ("released", 8, 16)
+    assert cfg.train.grpo.beta > 0 and cfg.train.grpo.loss_type == "grpo"
+    kw = cfg.data.kwargs
+    assert set(kw.sft_tasks) < set(kw.tasks)  # a task only GRPO trains on
