@@ -28,17 +28,6 @@ def tiny_thinker_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pretrained_tiny_dir(tmp_path_factory):
-    """The tiny base after its short full fine-tuning (``model.pretrain=synthetic_audio``): what
-    LoRA learns on. Built once per session (about 200 CPU steps), or kept across sessions in the
-    folder ``AUDSEM_TEST_TINY_BASE`` names (reused only while its recipe digest matches)."""
-    from audsemthinker.model.pretrain import ensure_pretrained
-
-    keep = os.environ.get("AUDSEM_TEST_TINY_BASE")
-    return ensure_pretrained(keep or tmp_path_factory.mktemp("tiny_pretrained") / "base")
-
-
-@pytest.fixture(scope="session")
 def tiny_processor(tiny_full_dir):
     from audsemthinker.model.processor import build_processor
 
