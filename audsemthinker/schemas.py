@@ -63,6 +63,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     revision: str | None = None
     tiny: bool = False  # build the tiny random checkpoint at name_or_path if it is missing
+    pretrain: str | None = None  # with tiny: pretrain it first (audsemthinker.train.tiny_base)
     gradient_checkpointing: bool = False
 
 

@@ -1,9 +1,12 @@
 """The main job end to end: build data -> SFT -> export -> GRPO -> evaluate -> report.
 
-    python scripts/pipeline.py                       # tiny model + synthetic task (make pipeline)
+    python scripts/pipeline.py                       # tiny base + synthetic tasks (make pipeline)
+    python scripts/pipeline.py --config-name config  # the root config instead of pipeline.yaml
     python scripts/pipeline.py stages=[data,sft]     # a prefix of the stages
     python scripts/pipeline.py hydra.run.dir=outputs/run/<time>   # resume an interrupted run
 
+The default config, ``configs/pipeline.yaml``, runs the paper's path on the tiny pretrained
+base: LoRA SFT -> merge -> LoRA GRPO with beta > 0 -> evaluation (docs/tiny_base.md).
 Every stage writes into its own sub-folder of the run folder (data builds go to
 ``paths.data_dir``) and is skipped when its output is already complete, so re-running the same
 run folder continues where it stopped. The report, ``report.md`` beside ``report.json``, collects
@@ -134,7 +137,7 @@ def write_report(run_dir: Path, parts: dict) -> Path:
     return run_dir / "report.md"
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="../configs", config_name="pipeline")
 def main(cfg: DictConfig) -> None:
     # -- compose + validate ------------------------------------------------------------------
     validate(cfg)

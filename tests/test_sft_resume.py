@@ -21,15 +21,18 @@ STEPS, SAVE = 30, 5
 
 
 def _launch(run_dir: Path, model_dir, data_dir, log: Path, *extra,
-            launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.Popen:
+            launcher: tuple[str, ...] = (sys.executable,), script: str = "sft.py",
+            stage: tuple[str, ...] | None = None) -> subprocess.Popen:
+    """Start ``scripts/<script>`` on the tiny model; ``stage`` replaces the SFT step overrides."""
+    if stage is None:
+        stage = (f"train.sft.max_steps={STEPS}", f"train.sft.save_steps={SAVE}",
+                 "train.sft.logging_steps=1", "train.sft.per_device_train_batch_size=4")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [*launcher, str(ROOT / "scripts" / "sft.py"), f"hydra.run.dir={run_dir}",
+    cmd = [*launcher, str(ROOT / "scripts" / script), f"hydra.run.dir={run_dir}",
            f"model.name_or_path={model_dir}", "model.tiny=false", f"data.out_dir={data_dir}",
-           "lora=tiny", "logging.wandb=off", f"train.sft.max_steps={STEPS}",
-           f"train.sft.save_steps={SAVE}",
-           "train.sft.logging_steps=1", "train.sft.per_device_train_batch_size=4",
+           "lora=tiny", "logging.wandb=off", *stage,
            "eval.decoding.max_new_tokens=4", "eval.batch_size=2", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
@@ -37,7 +40,19 @@ def _launch(run_dir: Path, model_dir, data_dir, log: Path, *extra,
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     rc = proc.wait(timeout=timeout)
-    assert rc == 0, f"sft.py exited with {rc}:\n{log.read_text()[-3000:]}"
+    assert rc == 0, f"the script exited with {rc}:\n{log.read_text()[-3000:]}"
+
+
+def kill_after_first_checkpoint(victim: subprocess.Popen, checkpoint: Path, log: Path) -> None:
+    """SIGKILL ``victim`` as soon as ``checkpoint`` is complete, before the run finishes."""
+    first = checkpoint / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert first.exists() and not (checkpoint.parent / "final").exists(), "killed too late"
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -55,14 +70,7 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(tmp_path, tiny_ful
                   "--dynamo_backend", "no")
     ref = _launch(ref_dir, tiny_full_dir, data, tmp_path / "ref.log", launcher=accelerate)
     victim = _launch(run_dir, tiny_full_dir, data, tmp_path / "victim.log")
-    first = run_dir / f"checkpoint-{SAVE}" / "trainer_state.json"
-    deadline = time.monotonic() + 300
-    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL, (tmp_path / "victim.log").read_text()[-3000:]
-    assert first.exists() and not (run_dir / "final").exists(), "killed too late"
+    kill_after_first_checkpoint(victim, run_dir / f"checkpoint-{SAVE}", tmp_path / "victim.log")
 
     resumed = _launch(run_dir, tiny_full_dir, data, tmp_path / "resumed.log", "resume=auto")
     _wait(resumed, tmp_path / "resumed.log")

@@ -209,9 +209,17 @@ def make_item(task: str, label: str, rng: np.random.Generator, duration: float =
     return (wave * amp).astype(np.float32), {**params, "amplitude": round(amp, 3)}
 
 
-def item_text(task: str, label: str, params: dict, qtype: str, rng: np.random.Generator
-              ) -> dict:
-    """Question, choices, answer, think and semantic elements of one item."""
+OPTION_ORDERS = ("shuffled", "fixed")
+
+
+def item_text(task: str, label: str, params: dict, qtype: str, rng: np.random.Generator,
+              option_order: str = "shuffled") -> dict:
+    """Question, choices, answer, think and semantic elements of one item.
+
+    ``option_order="fixed"`` lists a multiple-choice item's options in the task's class order
+    (pitch: A. low, B. high), so the letter names the heard class directly; ``shuffled`` (the
+    default) makes the letter depend on both the clip and the option order.
+    """
     t = TASKS[task]
     elements = fmt.render_semantic_elements(t.elements(label, params))
     out = {"think": t.think(label, params), "semantic_elements": elements, "choices": None}
@@ -220,7 +228,9 @@ def item_text(task: str, label: str, params: dict, qtype: str, rng: np.random.Ge
     elif qtype == "qa":
         out.update(question=str(rng.choice(t.questions)), answer=t.qa_answer(label, params))
     else:
-        choices = [t.classes[i] for i in rng.permutation(len(t.classes))]
+        order = rng.permutation(len(t.classes))  # drawn either way: the clip stream stays
+        choices = [t.classes[i] for i in (order if option_order == "shuffled" else
+                                          range(len(t.classes)))]
         out.update(question=str(rng.choice(t.questions)), choices=choices,
                    answer=fmt.mc_answer(choices, choices.index(label)))
     return out
@@ -245,7 +255,8 @@ def synthetic(out_dir: Path, *, n_train: int = 64, n_valid: int = 16, n_test: in
               tasks: list[str] | tuple[str, ...] = ("pitch", "noise"),
               question_types: list[str] | tuple[str, ...] = ("mc_qa",), duration: float = 1.0,
               seed: int = 0, variant: str = "semantic", length_budget: int | None = None,
-              prepend_instruction: bool = True, kind: str = "sft"):
+              prepend_instruction: bool = True, kind: str = "sft",
+              option_order: str = "shuffled", sft_tasks: list[str] | None = None):
     """Write synthetic clips to ``out_dir/audio`` and yield their rows.
 
     Args:
@@ -259,6 +270,10 @@ def synthetic(out_dir: Path, *, n_train: int = 64, n_valid: int = 16, n_test: in
         variant, length_budget, prepend_instruction: prompt/target options (see
             :func:`audsemthinker.format.user_prompt`).
         kind: ``sft`` rows (with the target) or ``grpo`` rows (prompt only).
+        option_order: ``shuffled`` per item, or ``fixed`` (the task's class order).
+        sft_tasks: with ``kind=sft``, the train split covers only these tasks; the valid and
+            test splits, and GRPO rows, cover every task. A task left out of SFT is one the
+            SFT model was never taught and GRPO can still learn (None: every task).
 
     Yields:
         ``(split, row)`` pairs; rows carry ``label``, ``question_type`` and ``params``.
@@ -270,23 +285,30 @@ def synthetic(out_dir: Path, *, n_train: int = 64, n_valid: int = 16, n_test: in
 
     bad = [t for t in tasks if t not in TASKS] + [q for q in question_types
                                                   if q not in QUESTION_TYPES]
+    if option_order not in OPTION_ORDERS:
+        bad.append(option_order)
+    bad += [t for t in sft_tasks or () if t not in tasks]
     if bad or not tasks or not question_types:
-        raise ValueError(f"synthetic: unknown or empty tasks/question_types {bad}; tasks "
-                         f"{SYNTHETIC_TASKS}, question types {QUESTION_TYPES}")
+        raise ValueError(f"synthetic: unknown or empty tasks/question_types/option_order/"
+                         f"sft_tasks {bad}; tasks {SYNTHETIC_TASKS}, question types "
+                         f"{QUESTION_TYPES}, option orders {OPTION_ORDERS}, sft_tasks among "
+                         f"tasks")
     make_row = row_maker(kind)
     combos = [(t, q) for t in tasks for q in question_types]
+    train_combos = [c for c in combos if kind != "sft" or not sft_tasks or c[0] in sft_tasks]
     audio_dir = Path(out_dir) / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     yield Meta({"total": n_train + n_valid + n_test, "seed": seed, "duration": duration})
     for s, (split, n) in enumerate(zip(SPLITS, (n_train, n_valid, n_test))):
-        plan = _plan(int(n), combos, np.random.default_rng([seed, s]))
+        plan = _plan(int(n), train_combos if split == "train" else combos,
+                     np.random.default_rng([seed, s]))
         for i, (task, qtype, label) in enumerate(plan):
             rng = np.random.default_rng([seed, s, i])
             wave, params = make_item(task, label, rng, duration)
             item_id = f"syn-{split}-{i:05d}-{task}-{qtype}"
             path = audio_dir / f"{item_id}.wav"
             sf.write(str(path), wave, SR, subtype="PCM_16")
-            text = item_text(task, label, params, qtype, rng)
+            text = item_text(task, label, params, qtype, rng, option_order)
             yield split, make_row(id=item_id, audio=str(path.resolve()), task=task,
                                   variant=variant, prepend_instruction=prepend_instruction,
                                   length_budget=length_budget, source="synthetic",

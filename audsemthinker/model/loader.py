@@ -79,7 +79,12 @@ def resolve_attn_implementation(name: str, device: str | torch.device | None = N
 
 def ensure_checkpoint(cfg: ModelConfig) -> str:
     """Return the path/hub id to load, writing the tiny checkpoint first when ``cfg.tiny``."""
-    if cfg.tiny:
+    if cfg.tiny and cfg.pretrain:
+        if not (Path(cfg.name_or_path) / "config.json").exists():
+            raise FileNotFoundError(
+                f"{cfg.name_or_path}: the pretrained tiny base ({cfg.pretrain!r}) is not built; "
+                "the SFT and GRPO entry points build it (audsemthinker.train.tiny_base)")
+    elif cfg.tiny:
         from audsemthinker.model.tiny import write_tiny_checkpoint
 
         path = Path(cfg.name_or_path)

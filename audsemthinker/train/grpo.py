@@ -119,6 +119,11 @@ def load_policy(cfg: DictConfig, beta: float):
     from audsemthinker.model.processor import build_processor
 
     mcfg = init_model_config(cfg)
+    if mcfg.tiny and mcfg.pretrain:
+        from audsemthinker.train.sft import run_sft
+        from audsemthinker.train.tiny_base import ensure_pretrained
+
+        ensure_pretrained(mcfg.name_or_path, mcfg.pretrain, train=run_sft)
     model = load_thinker(mcfg)
     tok_dir = mcfg.name_or_path
     if cfg.get("grpo_init") and not (Path(tok_dir) / "tokenizer_config.json").exists():

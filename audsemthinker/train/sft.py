@@ -205,6 +205,10 @@ def load_model(cfg: DictConfig):
     from audsemthinker.model.processor import build_processor
 
     mcfg = to_dataclass(cfg.model, ModelConfig)
+    if mcfg.tiny and mcfg.pretrain:
+        from audsemthinker.train.tiny_base import ensure_pretrained
+
+        ensure_pretrained(mcfg.name_or_path, mcfg.pretrain, train=run_sft)
     model = load_thinker(mcfg)
     processor = build_processor(mcfg.name_or_path)
     check_token_ids(model, processor.tokenizer)

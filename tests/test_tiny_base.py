@@ -1,0 +1,102 @@
+"""The pretrained tiny base: its data options (fixed option order, tasks held out of SFT) and
+its cache (built once per recipe, reused, rebuilt when the recipe changes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from audsemthinker.data.examples import load_examples
+from audsemthinker.data.registry import build_dataset
+
+
+def _build(out, **kwargs):
+    args = dict(tasks=["pitch", "noise"], question_types=["mc_qa"], variant="simple",
+                n_train=16, n_valid=0, n_test=16, seed=5, plot=False)
+    build_dataset("synthetic", out, **{**args, **kwargs})
+    return {s: load_examples(out / f"{s}.jsonl") for s in ("train", "test")}
+
+
+def test_fixed_option_order_lists_the_task_classes_and_keeps_the_clips(tmp_path):
+    from audsemthinker.data.synthetic import TASKS
+
+    fixed = _build(tmp_path / "fixed", option_order="fixed")
+    shuffled = _build(tmp_path / "shuffled")
+    for split in ("train", "test"):
+        for a, b in zip(fixed[split], shuffled[split]):
+            assert a["choices"] == list(TASKS[a["task"]].classes)
+            letter = "AB"[a["choices"].index(a["label"])]
+            assert a["answer"] == f"{letter}. {a['label']}"
+            # the same clip and class either way: only the option layout differs
+            assert (a["id"], a["label"], a["params"]) == (b["id"], b["label"], b["params"])
+    assert any(r["choices"] != list(TASKS[r["task"]].classes) for r in shuffled["train"])
+    with pytest.raises(ValueError, match="option orders"):
+        _build(tmp_path / "bad", option_order="sorted")
+
+
+def test_sft_tasks_narrow_only_the_sft_train_split(tmp_path):
+    sft = _build(tmp_path / "sft", sft_tasks=["pitch"])
+    grpo = _build(tmp_path / "grpo", sft_tasks=["pitch"], kind="grpo")
+    assert {r["task"] for r in sft["train"]} == {"pitch"}
+    assert {r["label"] for r in sft["train"]} == {"low", "high"}  # still balanced
+    assert {r["task"] for r in sft["test"]} == {"pitch", "noise"}
+    assert {r["task"] for r in grpo["train"]} == {"pitch", "noise"}
+    with pytest.raises(ValueError, match="sft_tasks"):
+        _build(tmp_path / "bad", sft_tasks=["chirp"])
+
+
+def test_the_base_is_built_once_per_recipe_and_rebuilt_when_it_changes(tmp_path, monkeypatch):
+    import audsemthinker.train.sft as sft
+    from audsemthinker.model.loader import ModelConfig, load_thinker
+    from audsemthinker.train import tiny_base as pretrain
+    from audsemthinker.train.sft import run_sft
+
+    small = pretrain.PretrainRecipe(builds=(dict(tasks=["pitch"], question_types=["mc_qa"],
+                                                 n_train=8, seed=100),), steps=2, batch_size=4)
+    monkeypatch.setitem(pretrain.RECIPES, "small", small)
+    calls = []
+    real = sft.run_sft
+    monkeypatch.setattr(sft, "run_sft", lambda cfg: calls.append(cfg) or real(cfg))
+    path = tmp_path / "cache" / "base"
+    model = load_thinker(ModelConfig(name_or_path=str(path), dtype="float32", tiny=True,
+                                     pretrain="small"))
+    stamp = json.loads((path / pretrain.STAMP).read_text())
+    assert stamp["digest"] == small.digest() and stamp["steps"] == 2 and len(calls) == 1
+    assert calls[0].lora.preset == "none"  # full fine-tuning of the random base
+    assert model.config.text_config.hidden_size == 64
+    assert not [p for p in path.parent.iterdir() if p.name != "base"]  # no temporary left over
+
+    pretrain.ensure_pretrained(path, "small", train=run_sft)  # cached: not trained again
+    assert len(calls) == 1
+    changed = dataclasses.replace(small, steps=3)
+    assert changed.digest() != small.digest()
+    monkeypatch.setitem(pretrain.RECIPES, "small", changed)
+    pretrain.ensure_pretrained(path, "small", train=run_sft)
+    assert len(calls) == 2 and json.loads((path / pretrain.STAMP).read_text())["steps"] == 3
+    with pytest.raises(ValueError, match="unknown recipe"):
+        pretrain.ensure_pretrained(path, "nope", train=run_sft)
+
+
+def test_the_main_job_runs_the_papers_lora_path_on_the_pretrained_base():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from audsemthinker.config import validate
+    from audsemthinker.train.grpo import check_grpo_section
+    from audsemthinker.train.sft import check_sft_section
+    from audsemthinker.train.tiny_base import RECIPES
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=["run_dir=unused"])
+    validate(cfg)
+    check_sft_section(cfg), check_grpo_section(cfg)
+    assert list(cfg.stages) == ["data", "sft", "grpo", "eval"]
+    assert cfg.model.tiny and cfg.model.pretrain in RECIPES
+    assert (cfg.lora.preset, cfg.lora.r, cfg.lora.alpha) == ("released", 8, 16)
+    assert cfg.train.grpo.beta > 0 and cfg.train.grpo.loss_type == "grpo"
+    kw = cfg.data.kwargs
+    assert set(kw.sft_tasks) < set(kw.tasks)  # a task only GRPO trains on
