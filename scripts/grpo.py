@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
 
     validate(cfg)
     check_grpo_section(cfg)
-    agree_on_run_dir(cfg)
+    agree_on_run_dir(cfg, "grpo")
     # -- data --------------------------------------------------------------------------------
     ensure_data(cfg)
     # -- train, save, held-out accuracy, reward curves ----------------------------------------

@@ -45,6 +45,7 @@ from audsemthinker.eval.settings import (
     load_rows,
 )
 from audsemthinker.eval.tables import write_reports, write_summary
+from audsemthinker.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettin
     result = {
         "benchmark": name, "scorer": spec.scorer, "version": spec.version, "split": spec.split,
         "model": model_info(cfg, settings, label),
-        "eval_config": OmegaConf.to_container(cfg.eval, resolve=True),
+        "eval_config": redact(OmegaConf.to_container(cfg.eval, resolve=True)),
         "prompt_template": spec.template or settings.prompt,
         "metadata": {"path": str(meta_path), "sha256": sha256_file(meta_path)},
         "rows": {"path": str(rows_path), "sha256": rows_sha},
