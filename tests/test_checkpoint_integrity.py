@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from test_sft import _checkpoint
 
-from audsemthinker.integrity import checkpoint_problem, weights_fingerprint
 from audsemthinker.train.common import find_resume_checkpoint, resolve_resume
 
 
@@ -33,12 +32,13 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, damage):
         (bad / "rng_state.pth").unlink()
     elif damage == "cut_rng":
         _cut(bad / "rng_state.pth")
-    assert checkpoint_problem(bad) is not None
-    assert checkpoint_problem(good) is None
     assert find_resume_checkpoint(tmp_path) == str(good)
     assert resolve_resume("auto", tmp_path) == str(good)
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         resolve_resume(str(bad), tmp_path)
+    from audsemthinker.integrity import checkpoint_problem
+
+    assert checkpoint_problem(bad) is not None and checkpoint_problem(good) is None
 
 
 def test_sharded_weights_need_every_shard(tmp_path):
@@ -48,12 +48,16 @@ def test_sharded_weights_need_every_shard(tmp_path):
     (d / "adapter_model.safetensors").rename(d / "model-00001-of-00002.safetensors")
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    assert "shards missing" in checkpoint_problem(d)
     assert find_resume_checkpoint(tmp_path) is None
+    from audsemthinker.integrity import checkpoint_problem
+
+    assert "shards missing" in checkpoint_problem(d)
 
 
 def test_weights_fingerprint_changes_with_the_weights_not_the_path(tmp_path):
     import shutil
+
+    from audsemthinker.integrity import weights_fingerprint
 
     a = _checkpoint(tmp_path, 1)
     copy = tmp_path / "copy"

@@ -19,8 +19,8 @@ RANK_SCRIPT = textwrap.dedent("""
 
     from audsemthinker.train.launch import agree_on_run_dir
 
-    cfg = OmegaConf.create({"run_dir": "outputs/x", "train": {"grpo": {"ddp_timeout": 4321}}})
-    agree_on_run_dir(cfg, "grpo")
+    cfg = OmegaConf.create({"run_dir": "outputs/x", "train": {"sft": {"ddp_timeout": 4321}}})
+    agree_on_run_dir(cfg)
     backend = dist.group.WORLD._get_backend(torch.device("cpu"))
     print("TIMEOUT", int(backend.options._timeout.total_seconds()), flush=True)
     dist.barrier()

@@ -7,7 +7,6 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from audsemthinker.data.report import BuildReport
-from audsemthinker.redact import REDACTED, is_secret_key, redact
 from audsemthinker.train.common import save_config
 
 FAKE = "hf_FAKEtoken0123456789abcdef"
@@ -35,6 +34,8 @@ def test_env_token_lands_in_no_file_of_the_run(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     report.write(tmp_path / "data", plot=False)
     assert _files_holding(tmp_path, FAKE) == []
+    from audsemthinker.redact import REDACTED
+
     saved = OmegaConf.load(tmp_path / "config.yaml")
     assert saved.hub.hf_token == REDACTED and saved.hub.repo == "me/model"
     assert saved.judges[0].apiKey == REDACTED and saved.judges[0].api_key_env == "JUDGE_KEY"
@@ -44,6 +45,8 @@ def test_env_token_lands_in_no_file_of_the_run(tmp_path, monkeypatch):
 
 
 def test_secret_key_names():
+    from audsemthinker.redact import REDACTED, is_secret_key, redact
+
     for key in ("hf_token", "WANDB_API_KEY", "secretKey", "db-password", "key", "HFToken"):
         assert is_secret_key(key), key
     for key in ("api_key_env", "max_new_tokens", "tokenizer", "pad_token_id", "keys", "kind"):
