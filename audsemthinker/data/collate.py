@@ -292,15 +292,32 @@ class AudioCollator:
 
 def read_skip_log(path: str | Path) -> dict:
     """Totals of a collator ``skip_log``: ``{"rows": unique ids skipped, "events": skips
-    counted each time a row was met (epochs), "by_reason": {reason: events}}``; zeros when the
-    file does not exist (nothing was skipped)."""
+    counted each time a row was met (epochs), "by_reason": {reason: events}, "torn_lines":
+    lines that are not a skip record}``; zeros when the file does not exist (nothing was
+    skipped).
+
+    A worker or rank killed mid-write leaves a torn line; it is counted and reported, never
+    raised: the report step runs after training, and failing it would rerun the training.
+    """
     path = Path(path)
     by_reason: Counter = Counter()
     ids = set()
+    torn = 0
     if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for line in path.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
-                by_reason[rec["reason"]] += 1
-                ids.add(rec["id"])
-    return {"rows": len(ids), "events": sum(by_reason.values()), "by_reason": dict(by_reason)}
+                reason, item_id = rec["reason"], rec["id"]
+                hash(item_id)
+            except (ValueError, KeyError, TypeError):
+                torn += 1
+                continue
+            by_reason[str(reason)] += 1
+            if item_id is not None:
+                ids.add(item_id)
+    if torn:
+        log.warning("%s: %d torn lines (not counted as skips)", path, torn)
+    return {"rows": len(ids), "events": sum(by_reason.values()), "by_reason": dict(by_reason),
+            "torn_lines": torn}
