@@ -21,3 +21,68 @@ def test_torn_skip_log_lines_are_counted_not_raised(tmp_path):
     assert got == {"rows": 2, "events": 3, "torn_lines": 4,
                    "by_reason": {"skipped:audio:truncated": 2, "skipped:overlong": 1}}
     json.dumps(got)  # lands in sft_report.json as is
+
+
+def test_contamination_report_files_are_replaced_whole(tmp_path):
+    from audsemthinker.data.contamination import write_report
+
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("killed half-way")
+
+    first = {"train": {"rows": 1, "clips": 1, "unreadable": 0}, "benchmarks": {}}
+    write_report(first, {"b": {"exact": [{"train_id": "t", "bench_id": "b"}]}}, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    second = {"train": {"rows": 2, "clips": 2, "unreadable": 0}, "benchmarks": {}}
+    try:
+        write_report(second, {"b": {"exact": [{"train_id": "t", "x": Unprintable()}]}}, tmp_path)
+    except RuntimeError:
+        pass
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_processor_files_appear_whole_or_not_at_all(tmp_path, tiny_processor):
+    from types import SimpleNamespace
+
+    from audsemthinker.model.processor import build_processor, save_processor
+
+    def killed(*args, **kwargs):
+        raise OSError("killed while saving")
+
+    broken = SimpleNamespace(tokenizer=tiny_processor.tokenizer,
+                             feature_extractor=SimpleNamespace(save_pretrained=killed))
+    ckpt = tmp_path / "checkpoint-5"
+    ckpt.mkdir()
+    try:
+        save_processor(broken, ckpt)
+    except OSError:
+        pass
+    assert list(ckpt.iterdir()) == []  # no tokenizer files without the rest, no temp folder
+    save_processor(tiny_processor, ckpt)
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]
+    assert build_processor(ckpt).tokenizer.get_vocab() == tiny_processor.tokenizer.get_vocab()
+
+
+def test_ranks_writing_config_yaml_at_once_never_collide(tmp_path, monkeypatch):
+    """Every rank saves config.yaml; each goes through its own temporary file, so a rank that
+    renames between another's write and rename takes nothing from it."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from audsemthinker.train.common import save_config
+
+    cfg = OmegaConf.create({"run_dir": str(tmp_path), "seed": 3})
+    real_replace, other_rank = os.replace, []
+
+    def replace(src, dst):
+        if not other_rank:  # the other rank saves, start to end, in between
+            other_rank.append(1)
+            save_config(cfg, tmp_path)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_config(cfg, tmp_path)
+    monkeypatch.undo()
+    assert OmegaConf.load(tmp_path / "config.yaml") == cfg
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
