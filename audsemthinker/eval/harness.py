@@ -35,6 +35,7 @@ from audsemthinker.eval.generate import (  # noqa: F401  (accuracy_of, generate_
     row_audio,
     row_correct,
 )
+from audsemthinker.eval.lock import run_lock
 from audsemthinker.eval.predictions import PredictionStore
 from audsemthinker.eval.report import sha256_file, write_json_atomic
 from audsemthinker.eval.settings import (
@@ -127,9 +128,24 @@ def predict(spec: BenchmarkSpec, row: Mapping, completion: str) -> str | None:
     return text or None
 
 
+def weights_info(cfg: DictConfig, settings: EvalSettings, label: str | None) -> dict:
+    """Which weights the path names today: fingerprints of the model folder and the adapter
+    (``audsemthinker.integrity.weights_fingerprint``; empty for a hub id, whose ``revision``
+    names them), the revision and ``merge_adapter``. A model retrained at the same path (the
+    pipeline's ``sft/merged``) changes it, so its predictions are never mixed with the old
+    model's on resume. An in-memory model is named by its label instead."""
+    from audsemthinker.integrity import weights_fingerprint
+
+    return {"weights": None if label else weights_fingerprint(str(cfg.model.name_or_path)),
+            "adapter_weights": weights_fingerprint(settings.adapter) if settings.adapter
+            else None, "revision": cfg.model.get("revision"),
+            "merge_adapter": settings.merge_adapter}
+
+
 def _fingerprint(cfg, settings: EvalSettings, spec: BenchmarkSpec, rows_sha: str,
                  label: str | None) -> dict:
-    return {"model": model_info(cfg, settings, label), "template": spec.template or settings.prompt,
+    return {"model": {**model_info(cfg, settings, label), **weights_info(cfg, settings, label)},
+            "template": spec.template or settings.prompt,
             "system_prompt": settings.system_prompt,
             "decoding": decoding_dict(decoding_from(settings.decoding)),
             "max_audio_seconds": settings.max_audio_seconds, "rows_sha256": rows_sha}
@@ -345,7 +361,9 @@ def run_eval(cfg: DictConfig, model=None, processor=None,
 
     Raises:
         ConfigError: a bad ``eval`` section (naming the key).
-        ValueError: a rows file with duplicate ids, or predictions from different settings.
+        ValueError: a rows file with duplicate ids, or predictions from different settings
+            (the model's weights included).
+        RunLocked: another live process is evaluating into the same folder.
     """
     settings = eval_settings(cfg.eval)
     if model is not None and not label:
@@ -353,7 +371,8 @@ def run_eval(cfg: DictConfig, model=None, processor=None,
                          "recorded, and guards resuming against a different model)")
     out_dir = Path(settings.output_dir or cfg.run_dir)
     lazy = _LazyModel(cfg, settings, model, processor)
-    results = {name: evaluate_benchmark(name, spec, cfg, settings, lazy, out_dir, label)
-               for name, spec in settings.benchmarks.items()}
-    write_summary(results, out_dir / "reports")
+    with run_lock(out_dir):  # a second evaluation of this folder would interleave predictions
+        results = {name: evaluate_benchmark(name, spec, cfg, settings, lazy, out_dir, label)
+                   for name, spec in settings.benchmarks.items()}
+        write_summary(results, out_dir / "reports")
     return results
