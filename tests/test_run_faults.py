@@ -4,6 +4,7 @@ line, a batch whose every row is skipped, half-written output folders and files.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from audsemthinker.data.collate import read_skip_log
 
@@ -86,3 +87,41 @@ def test_ranks_writing_config_yaml_at_once_never_collide(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert OmegaConf.load(tmp_path / "config.yaml") == cfg
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_a_batch_whose_every_row_is_skipped_is_a_zero_loss_step(tmp_path, tiny_full_dir,
+                                                                synthetic_dir):
+    """The lookup hands the trainer a stand-in (every label ignored) instead of raising, and
+    the step's loss is an exact zero with finite zero gradients, after a full forward and
+    backward (what keeps the other ranks of a data-parallel run in step)."""
+    import shutil
+
+    import torch
+    from test_sft import compose_sft
+
+    from audsemthinker.data.collate import IGNORE_INDEX, read_skip_log
+    from audsemthinker.train.sft import SKIP_LOG, build_sft_trainer
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    cfg = compose_sft(tmp_path / "run", tiny_full_dir, data, [
+        "train.sft.max_steps=1", "train.sft.per_device_train_batch_size=2",
+        "train.sft.save_strategy=no"])
+    trainer, info = build_sft_trainer(cfg)
+    lookup, rows = trainer.data_collator, info["rows"]["train"]
+    for r in rows[2:4]:  # both rows of the next batch lose their clip (this copy's)
+        assert Path(r["audio"]).resolve().is_relative_to(data.resolve())
+        open(r["audio"], "wb").close()
+    batch = lookup([{"row": 2}, {"row": 3}])
+    assert bool((batch["labels"] == IGNORE_INDEX).all())
+    model = trainer.model
+    model.train()
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(0))
+    loss.backward()
+    assert loss.item() == 0.0
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+    good = lookup([{"row": 0}, {"row": 1}])  # a normal batch still trains
+    assert trainer.compute_loss(model, good).item() > 0
+    assert read_skip_log(info["run_dir"] / SKIP_LOG)["by_reason"] == {
+        "skipped:audio:empty_file": 2, "batch:all_rows_skipped": 1}

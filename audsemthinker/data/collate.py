@@ -104,6 +104,10 @@ def find_last(seq: list[int], pattern: list[int]) -> int:
     return -1
 
 
+class AllRowsSkipped(ValueError):
+    """Every row of a batch was skipped (the training lookup substitutes a zero-loss batch)."""
+
+
 class AudioCollator:
     """Collate rows into ``input_ids``, ``attention_mask``, ``input_features``,
     ``feature_attention_mask`` and (unless ``prompt_only``) ``labels``.
@@ -281,8 +285,9 @@ class AudioCollator:
                 batch = self._encode(texts, audios) if texts else None
         self.stats.update(reasons)
         if batch is None:
-            raise ValueError(f"all {len(rows)} rows of the batch were skipped: {dict(reasons)}; "
-                             "check the audio files and max_length (collator.stats has totals)")
+            raise AllRowsSkipped(f"all {len(rows)} rows of the batch were skipped: "
+                                 f"{dict(reasons)}; check the audio files and max_length "
+                                 "(collator.stats has totals)")
         self.stats["kept"] += len(kept)
         self.last_kept = kept
         if not self.prompt_only:
