@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> None:
     if relaunch(cfg, __file__):  # launch.accelerate_config: this job starts its ranks
         return
     check_grpo_section(cfg)
-    agree_on_run_dir(cfg)
+    agree_on_run_dir(cfg, "grpo")
     # -- data --------------------------------------------------------------------------------
     ensure_data(cfg)
     # -- train, save, held-out accuracy, reward curves ----------------------------------------

@@ -60,7 +60,7 @@ def _done(path: Path) -> dict | None:
 
 
 def run_sft_stage(cfg: DictConfig, run_dir: Path, data_dir: str) -> dict:
-    from audsemthinker.train.export import export_merged
+    from audsemthinker.train.export import export_merged, export_problem
     from audsemthinker.train.sft import run_sft
 
     sft_dir = run_dir / "sft"
@@ -68,13 +68,16 @@ def run_sft_stage(cfg: DictConfig, run_dir: Path, data_dir: str) -> dict:
     if report is None:
         report = run_sft(stage_cfg(cfg, sft_dir, **{"data.out_dir": data_dir}))
     merged = sft_dir / "merged"
-    if not (merged / "config.json").exists():
+    problem = export_problem(merged, source=sft_dir, base=str(cfg.model.name_or_path))
+    if problem:  # config.json alone is written before the weights: trust only the marker
+        log.info("exporting %s: %s", merged, problem)
         export_merged(sft_dir, cfg.model, merged)
     report["merged"] = str(merged)
     return report
 
 
 def run_grpo_stage(cfg: DictConfig, run_dir: Path, data_dir: str, init: str) -> dict:
+    from audsemthinker.train.export import export_merged, export_problem
     from audsemthinker.train.grpo import run_grpo
 
     grpo_dir = run_dir / "grpo"
@@ -82,6 +85,12 @@ def run_grpo_stage(cfg: DictConfig, run_dir: Path, data_dir: str, init: str) -> 
     if report is None:
         report = run_grpo(stage_cfg(cfg, grpo_dir, grpo_init=init,
                                     **{"data.out_dir": data_dir}))
+    merged = report.get("merged")
+    problem = merged and export_problem(merged, source=grpo_dir / "final", base=init)
+    if problem:
+        log.info("exporting %s: %s", merged, problem)
+        export_merged(grpo_dir / "final", OmegaConf.merge(cfg.model, {"name_or_path": init}),
+                      merged)
     return report
 
 

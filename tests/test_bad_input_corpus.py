@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from fixtures_bad_input import (
@@ -201,15 +202,24 @@ def test_grpo_leaves_out_the_broken_row_by_name(corpus, tmp_path, tiny_full_dir)
     _, rows = _build("audsem", data, records=str(corpus.records_jsonl),
                      audio_dir=str(corpus.audio_dir), kind="grpo", variant="simple",
                      store_16k=False)
-    _break(next(r["audio"] for r in rows if r["id"] == "rec2"))
+    audio = {r["id"]: r["audio"] for r in rows}
+    _break(audio["rec2"])
+    # Damage only a full decode finds (the header is intact): NaN samples, a near-silent clip.
+    nan = np.sin(np.arange(16000, dtype=np.float32) * 0.1)
+    nan[8000] = np.nan
+    sf.write(audio["rec0"], nan, 16000, subtype="FLOAT")
+    hiss = np.where(np.arange(16000) % 2, 1e-5, -1e-5).astype(np.float32)  # -100 dBFS
+    sf.write(audio["rec1"], hiss, 16000, subtype="FLOAT")
     cfg = compose_sft(tmp_path / "run", tiny_full_dir, data, [
         "lora=tiny", "train.grpo.max_steps=1", "train.grpo.save_strategy=no",
         "train.grpo.per_device_train_batch_size=4", "train.grpo.num_generations=4",
         "train.grpo.max_completion_length=4", "reward=simple"])
     trainer, info = grpo.build_grpo_trainer(cfg)
-    assert info["skipped_rows"]["ids"] == ["rec2"]
-    assert info["skipped_rows"]["by_reason"] == {"skipped:audio:truncated": 1}
-    assert [r["id"] for r in trainer.train_dataset] == [i for i in GOOD_RECORDS if i != "rec2"]
+    assert info["skipped_rows"]["ids"] == ["rec0", "rec1", "rec2"]
+    assert info["skipped_rows"]["by_reason"] == {"skipped:audio:non_finite": 1,
+                                                 "skipped:audio:near_silent": 1,
+                                                 "skipped:audio:truncated": 1}
+    assert [r["id"] for r in trainer.train_dataset] == ["reclong"]
     assert trainer.max_audio_seconds == 60  # the root cap (the data config interpolates it)
     trainer.train()
 

@@ -4,6 +4,8 @@ both load, and that generates what the trained model generated."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +87,71 @@ def test_export_of_a_folder_without_training_fails_clearly(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no adapter_config.json or model weights"):
         export_merged(tmp_path, {"name_or_path": str(tmp_path)}, tmp_path / "out")
+
+
+def _pipeline():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_cli", ROOT / "scripts" / "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_is_trusted_only_by_its_marker(trained_run, tmp_path, monkeypatch):
+    """A finished export carries a marker written last; a folder cut half-way, an export of
+    an earlier training run in the same folder, or one merged into another base is re-made,
+    and a failed export leaves the previous folder as it was."""
+    from safetensors.torch import load_file, save_file
+
+    from audsemthinker.train import export
+
+    cfg, report = trained_run
+    run_dir, base = report["run_dir"], str(cfg.model.name_or_path)
+    out = tmp_path / "merged"
+    export.export_merged(run_dir, cfg.model, out)
+    assert export.export_problem(out, source=run_dir, base=base) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no staging folder left
+
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setattr("audsemthinker.model.processor.save_processor", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export.export_merged(run_dir, cfg.model, out)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+
+    assert export.export_problem(out, base="another/base") is not None
+    (out / "model.safetensors").write_bytes(b"")  # killed while writing the weights
+    assert "differ" in export.export_problem(out)
+    # The pipeline re-exports what is not a finished export of the current SFT run.
+    stage_run = tmp_path / "stage"
+    sft_dir = stage_run / "sft"
+    (sft_dir / "final").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(Path(report["final"]) / name, sft_dir / "final" / name)
+    (sft_dir / "sft_report.json").write_text(json.dumps({"run_dir": str(sft_dir)}))
+    (sft_dir / "merged").mkdir()
+    (sft_dir / "merged" / "config.json").write_text("{}")  # written before the weights
+    calls = []
+    monkeypatch.setattr(export, "export_merged", lambda *a: calls.append(a))
+    pipe = _pipeline()
+    pipe.run_sft_stage(cfg, stage_run, "unused")
+    assert len(calls) == 1
+    # A finished export of this very run is kept ...
+    monkeypatch.undo()
+    export.export_merged(sft_dir, cfg.model, sft_dir / "merged")
+    calls.clear()
+    monkeypatch.setattr(export, "export_merged", lambda *a: calls.append(a))
+    pipe.run_sft_stage(cfg, stage_run, "unused")
+    assert calls == []
+    # ... until the run is retrained in place: same path, other weights.
+    adapter = sft_dir / "final" / "adapter_model.safetensors"
+    weights = {k: v + 1 for k, v in load_file(str(adapter)).items()}
+    adapter.unlink()
+    save_file(weights, str(adapter))
+    pipe.run_sft_stage(cfg, stage_run, "unused")
+    assert len(calls) == 1

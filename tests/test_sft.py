@@ -81,8 +81,15 @@ def test_wandb_off_means_no_reporting_and_auto_without_key_is_offline(tmp_path):
 
 
 def _checkpoint(run, step, state="{}"):
+    """A checkpoint folder as the Trainer leaves it: adapter, optimizer and RNG state, and
+    ``trainer_state.json`` (written last; ``state=None`` leaves it out)."""
+    from safetensors.torch import save_file
+
     d = run / f"checkpoint-{step}"
     d.mkdir(parents=True)
+    save_file({"w": torch.full((64,), float(step))}, str(d / "adapter_model.safetensors"))
+    torch.save({"state": {0: torch.zeros(64)}}, d / "optimizer.pt")
+    torch.save({"cpu": torch.get_rng_state()}, d / "rng_state.pth")
     if state is not None:
         (d / "trainer_state.json").write_text(state)
     return d

@@ -104,6 +104,10 @@ def find_last(seq: list[int], pattern: list[int]) -> int:
     return -1
 
 
+class AllRowsSkipped(ValueError):
+    """Every row of a batch was skipped (the training lookup substitutes a zero-loss batch)."""
+
+
 class AudioCollator:
     """Collate rows into ``input_ids``, ``attention_mask``, ``input_features``,
     ``feature_attention_mask`` and (unless ``prompt_only``) ``labels``.
@@ -281,8 +285,9 @@ class AudioCollator:
                 batch = self._encode(texts, audios) if texts else None
         self.stats.update(reasons)
         if batch is None:
-            raise ValueError(f"all {len(rows)} rows of the batch were skipped: {dict(reasons)}; "
-                             "check the audio files and max_length (collator.stats has totals)")
+            raise AllRowsSkipped(f"all {len(rows)} rows of the batch were skipped: "
+                                 f"{dict(reasons)}; check the audio files and max_length "
+                                 "(collator.stats has totals)")
         self.stats["kept"] += len(kept)
         self.last_kept = kept
         if not self.prompt_only:
@@ -292,15 +297,32 @@ class AudioCollator:
 
 def read_skip_log(path: str | Path) -> dict:
     """Totals of a collator ``skip_log``: ``{"rows": unique ids skipped, "events": skips
-    counted each time a row was met (epochs), "by_reason": {reason: events}}``; zeros when the
-    file does not exist (nothing was skipped)."""
+    counted each time a row was met (epochs), "by_reason": {reason: events}, "torn_lines":
+    lines that are not a skip record}``; zeros when the file does not exist (nothing was
+    skipped).
+
+    A worker or rank killed mid-write leaves a torn line; it is counted and reported, never
+    raised: the report step runs after training, and failing it would rerun the training.
+    """
     path = Path(path)
     by_reason: Counter = Counter()
     ids = set()
+    torn = 0
     if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for line in path.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
-                by_reason[rec["reason"]] += 1
-                ids.add(rec["id"])
-    return {"rows": len(ids), "events": sum(by_reason.values()), "by_reason": dict(by_reason)}
+                reason, item_id = rec["reason"], rec["id"]
+                hash(item_id)
+            except (ValueError, KeyError, TypeError):
+                torn += 1
+                continue
+            by_reason[str(reason)] += 1
+            if item_id is not None:
+                ids.add(item_id)
+    if torn:
+        log.warning("%s: %d torn lines (not counted as skips)", path, torn)
+    return {"rows": len(ids), "events": sum(by_reason.values()), "by_reason": dict(by_reason),
+            "torn_lines": torn}

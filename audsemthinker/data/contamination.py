@@ -347,15 +347,16 @@ def _summary(b: BenchIndex, pairs: dict[str, list[dict]], max_examples: int) -> 
 
 
 def write_report(result: dict, pairs: dict, out_dir: str | Path) -> Path:
-    """Write ``contamination.json``, ``contamination.md`` and ``contamination_pairs.jsonl``."""
+    """Write ``contamination_pairs.jsonl``, ``contamination.md`` and, last,
+    ``contamination.json``, each atomically: a killed report never leaves a half-written file
+    that a later filter would read as the full list of matches."""
+    from audsemthinker.eval.report import write_text_atomic
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "contamination.json").write_text(json.dumps(result, indent=2, default=str))
-    with open(out / "contamination_pairs.jsonl", "w", encoding="utf-8") as f:
-        for name, by_kind in pairs.items():
-            for kind, lst in by_kind.items():
-                for p in lst:
-                    f.write(json.dumps({"benchmark": name, "kind": kind, **p}, default=str) + "\n")
+    write_text_atomic(out / "contamination_pairs.jsonl", "".join(
+        json.dumps({"benchmark": name, "kind": kind, **p}, default=str) + "\n"
+        for name, by_kind in pairs.items() for kind, lst in by_kind.items() for p in lst))
     lines = ["# Contamination report", "",
              f"Training set: {result['train']['rows']} rows, {result['train']['clips']} clips "
              f"(unreadable: {result['train']['unreadable'] or 0}).", "",
@@ -377,5 +378,5 @@ def write_report(result: dict, pairs: dict, out_dir: str | Path) -> Path:
                 info = json.dumps(extra, default=str)
                 lines.append(f"- `{p['train_id']}` ~ `{p['bench_id']}` {info}")
             lines.append("")
-    (out / "contamination.md").write_text("\n".join(lines) + "\n")
-    return out / "contamination.json"
+    write_text_atomic(out / "contamination.md", "\n".join(lines) + "\n")
+    return write_text_atomic(out / "contamination.json", json.dumps(result, indent=2, default=str))

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from audsemthinker.redact import redact
+
 EXAMPLES_PER_REASON = 5
 DURATION_EDGES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, math.inf)
 
@@ -73,6 +75,7 @@ class BuildReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["kwargs"], d["meta"] = redact(d["kwargs"]), redact(d["meta"])  # resolved env secrets
         d.pop("durations")
         d["tokens"] = {k: _stats(v) for k, v in self.tokens.items()}
         d["total_kept"], d["total_skipped"] = self.total_kept, self.total_skipped
@@ -107,7 +110,7 @@ class BuildReport:
                  f"({self.capped} longer sources stored cut to it)",
                  f"- build time: {self.elapsed_s:.1f} s", ""]
         if self.meta:
-            lines += ["## Source", ""] + [f"- {k}: {v}" for k, v in self.meta.items()] + [""]
+            lines += ["## Source", ""] + [f"- {k}: {v}" for k, v in d["meta"].items()] + [""]
         if self.skipped:
             lines += ["## Skipped by reason", "", "| reason | count | example ids |",
                       "|---|---|---|"]

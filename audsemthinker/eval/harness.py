@@ -35,6 +35,7 @@ from audsemthinker.eval.generate import (  # noqa: F401  (accuracy_of, generate_
     row_audio,
     row_correct,
 )
+from audsemthinker.eval.lock import run_lock
 from audsemthinker.eval.predictions import PredictionStore
 from audsemthinker.eval.report import sha256_file, write_json_atomic
 from audsemthinker.eval.run_prompt import SETTING_KEYS, PromptSettings, resolve_prompt_settings
@@ -46,6 +47,7 @@ from audsemthinker.eval.settings import (
     load_rows,
 )
 from audsemthinker.eval.tables import write_reports, write_summary
+from audsemthinker.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +129,24 @@ def predict(spec: BenchmarkSpec, row: Mapping, completion: str) -> str | None:
     return text or None
 
 
+def weights_info(cfg: DictConfig, settings: EvalSettings, label: str | None) -> dict:
+    """Which weights the path names today: fingerprints of the model folder and the adapter
+    (``audsemthinker.integrity.weights_fingerprint``; empty for a hub id, whose ``revision``
+    names them), the revision and ``merge_adapter``. A model retrained at the same path (the
+    pipeline's ``sft/merged``) changes it, so its predictions are never mixed with the old
+    model's on resume. An in-memory model is named by its label instead."""
+    from audsemthinker.integrity import weights_fingerprint
+
+    return {"weights": None if label else weights_fingerprint(str(cfg.model.name_or_path)),
+            "adapter_weights": weights_fingerprint(settings.adapter) if settings.adapter
+            else None, "revision": cfg.model.get("revision"),
+            "merge_adapter": settings.merge_adapter}
+
+
 def _fingerprint(cfg, settings: EvalSettings, spec: BenchmarkSpec, rows_sha: str,
                  label: str | None, prompt: PromptSettings | None = None) -> dict:
-    out = {"model": model_info(cfg, settings, label), "template": spec.template or settings.prompt,
+    out = {"model": {**model_info(cfg, settings, label), **weights_info(cfg, settings, label)},
+           "template": spec.template or settings.prompt,
            "system_prompt": settings.system_prompt,
             "decoding": decoding_dict(decoding_from(settings.decoding)),
            "max_audio_seconds": settings.max_audio_seconds, "rows_sha256": rows_sha}
@@ -333,7 +350,7 @@ def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettin
     result = {
         "benchmark": name, "scorer": spec.scorer, "version": spec.version, "split": spec.split,
         "model": model_info(cfg, settings, label),
-        "eval_config": OmegaConf.to_container(cfg.eval, resolve=True),
+        "eval_config": redact(OmegaConf.to_container(cfg.eval, resolve=True)),
         "prompt_template": spec.template or settings.prompt,
         "prompt": prompt_record(rows, spec.template or settings.prompt, settings, prompt),
         "metadata": {"path": str(meta_path), "sha256": sha256_file(meta_path)},
@@ -373,7 +390,9 @@ def run_eval(cfg: DictConfig, model=None, processor=None,
 
     Raises:
         ConfigError: a bad ``eval`` section (naming the key).
-        ValueError: a rows file with duplicate ids, or predictions from different settings.
+        ValueError: a rows file with duplicate ids, or predictions from different settings
+            (the model's weights included).
+        RunLocked: another live process is evaluating into the same folder.
     """
     settings = eval_settings(cfg.eval)
     if model is not None and not label:
@@ -383,7 +402,9 @@ def run_eval(cfg: DictConfig, model=None, processor=None,
     lazy = _LazyModel(cfg, settings, model, processor)
     prompt = resolve_prompt_settings(settings.prompt_from, settings.prompt_settings,
                                      (settings.adapter, str(cfg.model.name_or_path)))
-    results = {name: evaluate_benchmark(name, spec, cfg, settings, lazy, out_dir, label, prompt)
-               for name, spec in settings.benchmarks.items()}
-    write_summary(results, out_dir / "reports")
+    with run_lock(out_dir):  # a second evaluation of this folder would interleave predictions
+        results = {name: evaluate_benchmark(name, spec, cfg, settings, lazy, out_dir, label,
+                                            prompt)
+                   for name, spec in settings.benchmarks.items()}
+        write_summary(results, out_dir / "reports")
     return results

@@ -108,12 +108,24 @@ def save_processor(processor: AudioProcessor, path: str | Path) -> None:
     """Write tokenizer, feature-extractor and chat-template files in the hub's layout.
 
     ``ProcessorMixin.save_pretrained`` cannot save a processor without a video processor, and a
-    checkpoint folder needs only these parts (``build_processor`` rebuilds the rest).
+    checkpoint folder needs only these parts (``build_processor`` rebuilds the rest). The files
+    are written into a temporary folder inside ``path`` and moved in one rename each (the chat
+    template last), so a save killed half-way leaves no half-written tokenizer file.
     """
     import json
+    import shutil
+    import tempfile
+
+    from audsemthinker.folders import move_into
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    processor.tokenizer.save_pretrained(path)
-    processor.feature_extractor.save_pretrained(path)
-    (path / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2))
+    staged = Path(tempfile.mkdtemp(dir=path, prefix=".processor.tmp-"))
+    try:
+        processor.tokenizer.save_pretrained(staged)
+        processor.feature_extractor.save_pretrained(staged)
+        (staged / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE},
+                                                              indent=2))
+        move_into(staged, path, last="chat_template.json")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)

@@ -6,8 +6,8 @@ SFT and GRPO both write into one run folder::
       config.yaml          the resolved config the run started with
       metrics.jsonl        one JSON object per Trainer log event (rank 0 only)
       loss.png             training (and eval) loss against the step, drawn at the end
-      checkpoint-N/        every save_steps; trainer_state.json is written last, so a folder
-                           without it (a run killed while saving) is incomplete and ignored
+      checkpoint-N/        every save_steps; resume=auto takes the newest complete one (a
+                           readable trainer_state.json, whole weight, optimizer and RNG files)
       final/               the trained adapter (or full model) and processor files
 
 The public release switched wandb on and off inverted; :func:`wandb_mode` is one small,
@@ -50,14 +50,19 @@ def seed_everything(seed: int) -> None:
 
 
 def save_config(cfg, run_dir: str | Path) -> Path:
-    """Write the resolved config to ``run_dir/config.yaml`` (export reads the model from it)."""
+    """Write the resolved config to ``run_dir/config.yaml`` (export reads the model from it).
+
+    Secrets (``audsemthinker.redact``) are replaced first: a resolved ``${oc.env:...}`` token
+    never reaches the disk. Every rank of a multi-process run calls this; each writes through
+    its own temporary file, so two ranks never rename one half-written file.
+    """
     from omegaconf import OmegaConf
 
-    path = Path(run_dir) / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
-    return path
+    from audsemthinker.eval.report import write_text_atomic
+    from audsemthinker.redact import redact
+
+    clean = redact(OmegaConf.to_container(cfg, resolve=True))
+    return write_text_atomic(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(clean))
 
 
 def json_safe(obj):
@@ -219,17 +224,21 @@ class ProcessorSaver(TrainerCallback):
 # Resume
 # --------------------------------------------------------------------------------------------
 def is_complete_checkpoint(path: str | Path) -> bool:
-    """True if ``path`` holds a readable ``trainer_state.json`` (the Trainer writes it last)."""
-    state = Path(path) / "trainer_state.json"
-    try:
-        json.loads(state.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return True
+    """True if ``path`` can be resumed from (:func:`audsemthinker.integrity.checkpoint_problem`:
+    a readable ``trainer_state.json``, whole weight, optimizer and RNG files)."""
+    from audsemthinker.integrity import checkpoint_problem
+
+    return checkpoint_problem(path) is None
 
 
 def find_resume_checkpoint(run_dir: str | Path) -> str | None:
-    """The complete ``checkpoint-N`` folder of ``run_dir`` with the largest N, or None."""
+    """The complete ``checkpoint-N`` folder of ``run_dir`` with the largest N, or None.
+
+    An incomplete newer one (killed while saving, a file cut or missing) is passed over with
+    a warning naming what is wrong, and the previous complete one is taken.
+    """
+    from audsemthinker.integrity import checkpoint_problem
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
@@ -239,9 +248,10 @@ def find_resume_checkpoint(run_dir: str | Path) -> str | None:
         if m and p.is_dir():
             found.append((int(m.group(1)), p))
     for _, path in sorted(found, reverse=True):
-        if is_complete_checkpoint(path):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return str(path)
-        log.warning("ignoring incomplete checkpoint %s (no readable trainer_state.json)", path)
+        log.warning("ignoring incomplete checkpoint %s: %s", path, problem)
     return None
 
 
@@ -262,9 +272,11 @@ def resolve_resume(resume, run_dir: str | Path) -> str | None:
         ckpt = find_resume_checkpoint(run_dir)
         log.info("resume=auto: %s", f"continuing from {ckpt}" if ckpt else "fresh start")
         return ckpt
-    if not is_complete_checkpoint(resume):
-        raise ValueError(f"resume={resume!r} is not a complete checkpoint folder "
-                         "(no readable trainer_state.json)")
+    from audsemthinker.integrity import checkpoint_problem
+
+    problem = checkpoint_problem(resume)
+    if problem:
+        raise ValueError(f"resume={resume!r} is not a complete checkpoint folder ({problem})")
     return str(resume)
 
 

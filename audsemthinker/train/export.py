@@ -14,12 +14,18 @@ import json
 import logging
 from pathlib import Path
 
+from audsemthinker.folders import staged_folder
+from audsemthinker.integrity import weights_fingerprint
+
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 SHARDED_DIR = "pytorch_model_fsdp_0"
 """Where an FSDP checkpoint (``SHARDED_STATE_DICT``) keeps the model: a
 ``torch.distributed.checkpoint`` folder, one file per rank."""
+EXPORT_MARKER = "export_complete.json"
+"""Written last into an export (source, base, and the fingerprints of the trained and the
+exported weights); a folder without it is not a finished export (:func:`export_problem`)."""
 
 
 def find_trained(path: str | Path) -> tuple[Path, str]:
@@ -123,9 +129,11 @@ def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path,
             (it holds the adapter's tensors without ``adapter_config.json``).
 
     Returns:
-        ``out_dir``. Its ``export_info.json`` records the source, base and dtype and, for an
-        adapter, ``merge_gap``: how far the merged weights' log-probs are from the adapter's
-        on a fixed probe batch (``audsemthinker.train.merge_gap``).
+        ``out_dir``, built under a temporary name and renamed into place (an existing folder
+        is replaced) with :data:`EXPORT_MARKER` inside. Its ``export_info.json`` records the
+        source, base and dtype and, for an adapter, ``merge_gap``: how far the merged
+        weights' log-probs are from the adapter's on a fixed probe batch
+        (``audsemthinker.train.merge_gap``).
 
     Raises:
         FileNotFoundError: nothing trained at ``adapter_or_run_dir``.
@@ -162,13 +170,44 @@ def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path,
     else:
         model = load_thinker(dataclasses.replace(mcfg, name_or_path=str(src)))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    save_processor(processor, out)
-    from audsemthinker.eval.report import write_json_atomic
-
-    write_json_atomic(out / "export_info.json", {
-        "source": str(src), "kind": kind, "base": mcfg.name_or_path, "dtype": mcfg.dtype,
-        "merge_gap": gap})
+    with staged_folder(out) as tmp:  # ``out`` appears whole, marker included, or not at all
+        model.save_pretrained(str(tmp))
+        save_processor(processor, tmp)
+        (tmp / "export_info.json").write_text(json.dumps({
+            "source": str(src), "kind": kind, "base": mcfg.name_or_path, "dtype": mcfg.dtype,
+            "merge_gap": gap}, indent=2))
+        (tmp / EXPORT_MARKER).write_text(json.dumps({
+            "source": str(src), "kind": kind, "base": mcfg.name_or_path, "dtype": mcfg.dtype,
+            "source_weights": weights_fingerprint(src), "weights": weights_fingerprint(tmp)},
+            indent=2))
     log.info("exported %s (%s) merged into %s -> %s", src, kind, mcfg.name_or_path, out)
     return out
+
+
+def export_problem(out_dir: str | Path, source: str | Path | None = None,
+                   base: str | None = None) -> str | None:
+    """Why ``out_dir`` is not a finished export of ``source`` into ``base``, or None.
+
+    Finished means: the marker :data:`EXPORT_MARKER` (written last) is readable, the weight
+    files still match the fingerprint it recorded, and, when given, the trained weights now at
+    ``source`` (a run folder or an adapter folder) and the ``base`` model are the ones it was
+    made from. A folder holding ``config.json`` but not the rest, or an export of an earlier
+    training run in the same folder, is not finished.
+    """
+    out = Path(out_dir)
+    try:
+        info = json.loads((out / EXPORT_MARKER).read_text())
+    except (OSError, ValueError):
+        return f"no readable {EXPORT_MARKER}"
+    if weights_fingerprint(out) != info.get("weights"):
+        return "its weight files differ from those the export wrote"
+    if base is not None and str(info.get("base")) != str(base):
+        return f"merged into {info.get('base')!r}, not {str(base)!r}"
+    if source is not None:
+        try:
+            src, _ = find_trained(source)
+        except FileNotFoundError as e:
+            return str(e)
+        if weights_fingerprint(src) != info.get("source_weights"):
+            return f"the trained weights at {src} changed since the export (retrained?)"
+    return None

@@ -159,26 +159,42 @@ def grpo_rows(rows: Sequence[Mapping]) -> list[dict]:
     return out
 
 
-def drop_unusable_audio(rows: Sequence[Mapping]) -> tuple[list[Mapping], dict]:
-    """Rows whose audio passes :func:`audsemthinker.audio.audio_problem`, and the skips.
+def drop_unusable_audio(rows: Sequence[Mapping],
+                        max_seconds: float | None = None) -> tuple[list[Mapping], dict]:
+    """Rows whose every clip loads as training will load it, and the skips.
 
     A GRPO prompt whose clip cannot load would stop the run mid-step (its group cannot be
-    dropped from a generation batch), so files that went missing or broke after the dataset
-    was built are found and counted before training instead.
+    dropped from a generation batch), so each distinct clip is decoded in full before training
+    with :func:`audsemthinker.audio.load_audio` and the trainer's cap: a header check alone
+    passes a file cut mid-stream, NaN/inf samples, silence and near-silence. Clips are read on
+    a few threads (decoding releases the GIL); a clip costs at most ``max_seconds`` of decoding.
 
     Returns:
         ``(kept_rows, {"rows": n skipped, "by_reason": {...}, "ids": first 20 ids})``.
     """
-    from audsemthinker.audio import audio_problem
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audsemthinker.audio import AudioError, load_audio
     from audsemthinker.data.collate import audio_paths, prompt_of
 
+    def problem(path: str) -> str | None:
+        try:
+            load_audio(path, max_seconds=max_seconds)
+        except AudioError as e:
+            return e.reason
+        return None
+
+    paths = [audio_paths(r, prompt_of(r)) for r in rows]
+    unique = list(dict.fromkeys(p for ps in paths for p in ps))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        verdict = dict(zip(unique, pool.map(problem, unique)))
     kept, by_reason, ids = [], Counter(), []
-    for r in rows:
-        problem = next(filter(None, map(audio_problem, audio_paths(r, prompt_of(r)))), None)
-        if problem is None:
+    for r, ps in zip(rows, paths):
+        reason = next(filter(None, (verdict[p] for p in ps)), None)
+        if reason is None:
             kept.append(r)
             continue
-        by_reason[f"skipped:audio:{problem}"] += 1
+        by_reason[f"skipped:audio:{reason}"] += 1
         ids.append(r.get("id"))
     if ids:
         log.warning("GRPO: %d training rows skipped before training, their audio is unusable "
@@ -263,7 +279,7 @@ def build_grpo_trainer(cfg: DictConfig):
     if not rows["train"]:
         raise FileNotFoundError(f"no training rows at {split_file(cfg, 'train')}; build the "
                                 "dataset first (scripts/build_data.py data.kwargs.kind=grpo)")
-    rows["train"], skipped = drop_unusable_audio(rows["train"])
+    rows["train"], skipped = drop_unusable_audio(rows["train"], audio_cap(cfg))
     if not rows["train"]:
         raise FileNotFoundError(f"no training row at {split_file(cfg, 'train')} has usable "
                                 f"audio: {skipped}")

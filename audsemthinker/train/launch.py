@@ -19,15 +19,47 @@ def multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def agree_on_run_dir(cfg: DictConfig) -> None:
+def ddp_timeout(cfg: DictConfig, trainer: str) -> int:
+    """Seconds a collective may wait: ``train.<trainer>.ddp_timeout``, else TrainingArguments'
+    own default."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, f"train.{trainer}.ddp_timeout", default=None)
+    if value is None:
+        from transformers import TrainingArguments
+
+        value = TrainingArguments.__dataclass_fields__["ddp_timeout"].default
+    return int(value)
+
+
+def process_state(cfg: DictConfig, trainer: str):
+    """The process group of a multi-process launch, created with the configured
+    ``ddp_timeout``.
+
+    ``PartialState`` is a singleton: whoever creates it first fixes the timeout of every
+    collective of the run. The Trainer would pass ``ddp_timeout``, but the launch creates it
+    earlier (run folder, data build), and a bare ``PartialState()`` falls back to torch's
+    default, so rank-0-only work that outlives that default (a data build, the held-out
+    generation, the export) would kill the run while the other ranks wait.
+    """
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    return PartialState(timeout=timedelta(seconds=ddp_timeout(cfg, trainer)))
+
+
+def agree_on_run_dir(cfg: DictConfig, trainer: str = "sft") -> None:
     """Fix ``cfg.run_dir`` to rank 0's value: each process of a multi-process launch composes
-    its own config, and a timestamped folder can differ by a second between them."""
+    its own config, and a timestamped folder can differ by a second between them.
+
+    Creates the process group first (:func:`process_state`, ``train.<trainer>.ddp_timeout``).
+    """
     cfg.run_dir = str(cfg.run_dir)
     if multi_process():
-        from accelerate import PartialState
         from accelerate.utils import broadcast_object_list
 
-        PartialState()
+        process_state(cfg, trainer)
         run_dir = [cfg.run_dir]
         broadcast_object_list(run_dir, from_process=0)
         cfg.run_dir = run_dir[0]

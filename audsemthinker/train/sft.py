@@ -16,12 +16,14 @@ the held-out accuracy), ``logging`` (wandb), ``resume``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from audsemthinker.eval.heldout import (  # noqa: F401 (tests patch them here)
@@ -126,17 +128,52 @@ def load_split(cfg: DictConfig, split: str) -> list[dict]:
 
 
 class RowLookup:
-    """Data collator over index datasets: ``[{"row": i}, ...]`` -> ``collator([rows[i], ...])``."""
+    """Data collator over index datasets: ``[{"row": i}, ...]`` -> ``collator([rows[i], ...])``.
+
+    A batch whose every row is skipped does not stop the run: it is replaced by a stand-in
+    (the last batch that collated here, or the first row that collates) with every label
+    ignored, which the trainer turns into a zero loss that still runs the forward and backward
+    (``train.skipped_batch.guard_skipped_batches``), so a data-parallel rank never leaves the
+    others waiting in the gradient all-reduce. The stand-in is counted in the skip log as
+    ``batch:all_rows_skipped``.
+    """
 
     def __init__(self, rows: Sequence[Mapping], collator):
         self.rows, self.collator = rows, collator
+        self._last_good: list[int] | None = None
 
     def __call__(self, items):
+        from audsemthinker.data.collate import AllRowsSkipped
+
         ids = [int(it["row"]) for it in items]
         if os.environ.get(TRACE_ENV):
             with trace_path().open("a") as f:
                 f.write(" ".join(map(str, ids)) + "\n")
-        return self.collator([self.rows[i] for i in ids])
+        try:
+            batch = self.collator([self.rows[i] for i in ids])
+        except AllRowsSkipped as e:
+            return self._stand_in(e)
+        self._last_good = ids
+        return batch
+
+    def _stand_in(self, error: Exception) -> dict:
+        from audsemthinker.data.collate import IGNORE_INDEX, AllRowsSkipped
+
+        candidates = [self._last_good] if self._last_good else [[i] for i in range(len(self.rows))]
+        for ids in candidates:
+            try:
+                batch = self.collator([self.rows[i] for i in ids])
+            except AllRowsSkipped:
+                continue
+            batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+            log.warning("%s: a zero-loss stand-in batch keeps this step (and the other ranks) "
+                        "going", error)
+            log_file = getattr(self.collator, "skip_log", None)
+            if log_file is not None:
+                with Path(log_file).open("a") as f:
+                    f.write(json.dumps({"id": None, "reason": "batch:all_rows_skipped"}) + "\n")
+            return batch
+        raise error
 
 
 def trainable_digest(model) -> str:
@@ -241,6 +278,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     from audsemthinker.train.packing import PackingCollator, check_packable
     from audsemthinker.train.sft_fast import fast_trainer_kwargs, sft_trainer_class
     from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
+    from audsemthinker.train.skipped_batch import guard_skipped_batches
 
     fast = fast_settings(cfg).sft  # validated before any work
     run_dir = make_run_dir(cfg)
@@ -285,6 +323,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         **fast_trainer_kwargs(fast, rows["train"], processor.tokenizer), **packing,
     )
     check_sharded(trainer)
+    guard_skipped_batches(trainer)  # a batch whose every row was skipped: zero loss
     trainable, total = count_trainable(model)
     info = dict(run_dir=run_dir, processor=processor, collator=collator, rows=rows,
                 trainable=trainable, total=total)
