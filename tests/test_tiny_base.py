@@ -48,7 +48,6 @@ def test_sft_tasks_narrow_only_the_sft_train_split(tmp_path):
 
 
 def test_the_base_is_built_once_per_recipe_and_rebuilt_when_it_changes(tmp_path, monkeypatch):
-    import audsemthinker.train.sft as sft
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.train import tiny_base as pretrain
     from audsemthinker.train.sft import run_sft
@@ -57,26 +56,32 @@ def test_the_base_is_built_once_per_recipe_and_rebuilt_when_it_changes(tmp_path,
                                                  n_train=8, seed=100),), steps=2, batch_size=4)
     monkeypatch.setitem(pretrain.RECIPES, "small", small)
     calls = []
-    real = sft.run_sft
-    monkeypatch.setattr(sft, "run_sft", lambda cfg: calls.append(cfg) or real(cfg))
+
+    def train(cfg):
+        calls.append(cfg)
+        return run_sft(cfg)
+
     path = tmp_path / "cache" / "base"
-    model = load_thinker(ModelConfig(name_or_path=str(path), dtype="float32", tiny=True,
-                                     pretrain="small"))
+    cfg = ModelConfig(name_or_path=str(path), dtype="float32", tiny=True, pretrain="small")
+    with pytest.raises(FileNotFoundError, match="not built"):
+        load_thinker(cfg)  # the loader never trains: the recipes build the base first
+    pretrain.ensure_pretrained(path, "small", train=train)
+    model = load_thinker(cfg)
     stamp = json.loads((path / pretrain.STAMP).read_text())
     assert stamp["digest"] == small.digest() and stamp["steps"] == 2 and len(calls) == 1
     assert calls[0].lora.preset == "none"  # full fine-tuning of the random base
     assert model.config.text_config.hidden_size == 64
     assert not [p for p in path.parent.iterdir() if p.name != "base"]  # no temporary left over
 
-    pretrain.ensure_pretrained(path, "small", train=run_sft)  # cached: not trained again
+    pretrain.ensure_pretrained(path, "small", train=train)  # cached: not trained again
     assert len(calls) == 1
     changed = dataclasses.replace(small, steps=3)
     assert changed.digest() != small.digest()
     monkeypatch.setitem(pretrain.RECIPES, "small", changed)
-    pretrain.ensure_pretrained(path, "small", train=run_sft)
+    pretrain.ensure_pretrained(path, "small", train=train)
     assert len(calls) == 2 and json.loads((path / pretrain.STAMP).read_text())["steps"] == 3
     with pytest.raises(ValueError, match="unknown recipe"):
-        pretrain.ensure_pretrained(path, "nope", train=run_sft)
+        pretrain.ensure_pretrained(path, "nope", train=train)
 
 
 def test_the_main_job_runs_the_papers_lora_path_on_the_pretrained_base():
