@@ -40,18 +40,17 @@ def stage_cfg(cfg: DictConfig, run_dir: Path, **updates) -> DictConfig:
 
 
 def build_data(cfg: DictConfig, kind: str) -> dict:
-    """Build the configured dataset for ``kind`` (sft or grpo) unless it is already on disk."""
-    from audsemthinker.data.registry import build_from_config
+    """Build the configured dataset for ``kind`` (sft or grpo) unless a finished build with the
+    same settings is on disk (its completion marker, not the mere report, is what counts)."""
+    from audsemthinker.data.registry import ensure_built
 
     data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     if "kind" in (data.get("kwargs") or {}):
         data.kwargs.kind = kind
         data.out_dir = str(data.out_dir).removesuffix("_sft").removesuffix("_grpo") + f"_{kind}"
-    report_file = Path(data.out_dir) / "build_report.json"
-    if not report_file.exists():
-        build_from_config(data)
-    report = json.loads(report_file.read_text())
-    report["out_dir"] = str(data.out_dir)
+    folder = ensure_built(data)
+    report = json.loads((folder / "build_report.json").read_text())
+    report["out_dir"] = str(folder)
     return report
 
 
