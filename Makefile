@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 ACCEL ?= configs/accelerate/single_gpu.yaml
 
-.PHONY: help install test test-fast lint pipeline build-data sft grpo eval reproduce bench gpu-wheels clean
+.PHONY: help install test test-fast test-scale lint pipeline build-data sft grpo eval reproduce bench gpu-wheels clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: $(STAMP)  ## run the test suite (excludes GPU tests)
 
 test-fast: $(STAMP)  ## unit tests only (skips the multi-minute learning/launch tests)
 	$(BIN)/python -m pytest -m "not slow and not gpu"
+
+test-scale: $(STAMP)  ## FSDP2 / submitit sweep / two-node launches on CPU ranks (not in CI: ~15 min)
+	$(BIN)/python -m pytest -m scale
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/python -m ruff check audsemthinker scripts tests bench

@@ -14,6 +14,7 @@ from test_sft import ROOT, build_synthetic
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 def test_local_submitit_sweep_runs_accelerate_jobs_and_summarises_a_failure(tmp_path,
                                                                              tiny_full_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher",

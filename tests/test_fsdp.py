@@ -146,6 +146,7 @@ def lora_runs(tmp_path_factory, tiny_full_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 def test_fsdp_lora_sft_killed_and_resumed_trains_what_one_process_trains(lora_runs,
                                                                           tiny_full_dir):
     from audsemthinker.train.export import load_sharded
@@ -206,6 +207,7 @@ def test_fsdp_lora_sft_killed_and_resumed_trains_what_one_process_trains(lora_ru
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 def test_fsdp_full_finetuning_shards_and_matches_one_process(tmp_path, tiny_full_dir):
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.train.sft import trainable_digest
@@ -256,6 +258,7 @@ def test_fsdp_full_finetuning_shards_and_matches_one_process(tmp_path, tiny_full
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 def test_fsdp_grpo_lora_gathers_rewards_and_shards(tmp_path, tiny_full_dir):
     import statistics
 

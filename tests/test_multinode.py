@@ -25,6 +25,7 @@ def _port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 def test_two_single_rank_nodes_train_one_run(tmp_path, tiny_full_dir):
     data = build_synthetic(tmp_path / "data", n_train=8, n_test=2)
     run_dir, trace, port = tmp_path / "run", tmp_path / "trace", _port()

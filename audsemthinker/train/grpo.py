@@ -235,6 +235,22 @@ def traced_reward(fn):
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
+def sampler_for_run(cfg: DictConfig):
+    """``cfg.sampler``, with the mismatch measurement off under FSDP: its extra old-policy pass
+    runs the audio tower outside the sharded forward (mixed Tensor / DTensor), so a sharded run
+    is not measured (logged) rather than stopped."""
+    import dataclasses
+
+    from audsemthinker.schemas import sampler_settings
+    from audsemthinker.train.sharding import fsdp_requested
+
+    settings = sampler_settings(cfg)
+    if fsdp_requested() and (settings.measure or settings.correction):
+        log.warning("sampler/trainer mismatch: not measured under FSDP (sharded weights)")
+        settings = dataclasses.replace(settings, measure=False, correction=False)
+    return settings
+
+
 def build_grpo_trainer(cfg: DictConfig):
     """Build the :class:`AudioGRPOTrainer` for ``cfg`` (nothing is trained yet).
 
@@ -248,7 +264,7 @@ def build_grpo_trainer(cfg: DictConfig):
     """
     from audsemthinker.rewards import build_rewards
     from audsemthinker.rewards.overlong import overlong_setup
-    from audsemthinker.schemas import fast_settings, grpo_options, sampler_settings, think_budget
+    from audsemthinker.schemas import fast_settings, grpo_options, think_budget
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
     from audsemthinker.train.judge_log import JudgeStatsCallback
     from audsemthinker.train.sft import (
@@ -290,7 +306,7 @@ def build_grpo_trainer(cfg: DictConfig):
         callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
         max_audio_seconds=audio_cap(cfg),
-        fast=fast_settings(cfg).grpo, sampler=sampler_settings(cfg), options=options)
+        fast=fast_settings(cfg).grpo, sampler=sampler_for_run(cfg), options=options)
     check_sharded(trainer)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)
