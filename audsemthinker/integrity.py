@@ -100,8 +100,9 @@ def checkpoint_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be resumed from, or None when it is complete.
 
     Complete means: ``trainer_state.json`` parses (the Trainer writes it last); the weights are
-    there (an adapter, a model file or index with every shard, or a DeepSpeed ``global_step*``
-    folder); every safetensors and torch file in the folder is whole; and, when the optimizer
+    there (an adapter, a model file or index with every shard, a DeepSpeed ``global_step*``
+    folder, or an FSDP sharded-state folder whose ``.metadata`` the checkpoint writer wrote
+    last); every safetensors and torch file in the folder is whole; and, when the optimizer
     state was saved, so was the RNG state (``rng_state*.pth``) the Trainer restores with it.
     """
     folder = Path(path)
@@ -110,7 +111,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
     except (OSError, ValueError):
         return "no readable trainer_state.json"
     if not (any((folder / f).is_file() for f in WEIGHT_FILES)
-            or any(p.is_dir() for p in folder.glob("global_step*"))):
+            or any(p.is_dir() for p in folder.glob("global_step*"))
+            or any((p / ".metadata").is_file() for p in folder.glob("pytorch_model_fsdp_*"))):
         return f"no weights (none of {', '.join(WEIGHT_FILES)})"
     for p in sorted(folder.iterdir()):
         if p.is_file():

@@ -66,3 +66,16 @@ def test_weights_fingerprint_changes_with_the_weights_not_the_path(tmp_path):
     retrained = _checkpoint(tmp_path / "other", 2)  # same shapes, other values
     assert weights_fingerprint(retrained)["adapter_model.safetensors"] != \
         weights_fingerprint(a)["adapter_model.safetensors"]
+
+def test_an_fsdp_sharded_state_checkpoint_is_resumable_once_its_metadata_is_written(tmp_path):
+    """FSDP's SHARDED_STATE_DICT checkpoints hold no model file: the weights are a
+    ``torch.distributed.checkpoint`` folder whose ``.metadata`` is written after the shards."""
+    d = _checkpoint(tmp_path, 5)
+    (d / "adapter_model.safetensors").unlink()
+    shards = d / "pytorch_model_fsdp_0"
+    shards.mkdir()
+    (shards / "__0_0.distcp").write_bytes(b"\0" * 64)
+    (shards / "__1_0.distcp").write_bytes(b"\0" * 64)
+    assert find_resume_checkpoint(tmp_path) is None  # shards without metadata: not finished
+    (shards / ".metadata").write_bytes(b"\0" * 16)
+    assert find_resume_checkpoint(tmp_path) == str(d)
