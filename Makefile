@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 ACCEL ?= configs/accelerate/single_gpu.yaml
 
-.PHONY: help install test test-fast test-scale lint pipeline build-data sft grpo eval reproduce bench gpu-wheels clean
+.PHONY: help install test test-fast test-scale test-long lint pipeline build-data sft grpo eval reproduce bench gpu-wheels clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-fast: $(STAMP)  ## unit tests only (skips the multi-minute learning/launch 
 
 test-scale: $(STAMP)  ## FSDP2 / submitit sweep / two-node launches on CPU ranks (not in CI: ~15 min)
 	$(BIN)/python -m pytest -m scale
+
+test-long: $(STAMP)  ## learning runs beyond the paper's recipe (semantic-coverage GRPO; not in CI)
+	$(BIN)/python -m pytest -m long
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/python -m ruff check audsemthinker scripts tests bench

@@ -137,6 +137,7 @@ def _grpo_cfgs(tmp_path: Path, model_dir, data_dir: Path, common: list[str]) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_grpo_with_semantic_coverage_raises_full_coverage_on_every_seed(tmp_path, tiny_full_dir):
     import torch
 
