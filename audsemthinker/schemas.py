@@ -156,30 +156,39 @@ class FastSettings:
     grpo: GRPOFast = field(default_factory=GRPOFast)
 
 
+def _nested_section(cfg, key: str, schema: type):
+    """``cfg.<key>`` as ``schema``, a dataclass whose every field is a dataclass part, each part's
+    keys checked by its full name; None when the config has no such section."""
+    section = None if cfg is None else cfg.get(key)
+    if section is None:
+        return None
+    data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) \
+        else dict(section)
+    check_fields(data, schema, key)
+    parts = {}
+    for f in dataclasses.fields(schema):
+        part = f.default_factory
+        check_fields(data.get(f.name) or {}, part, f"{key}.{f.name}")
+        parts[f.name] = part(**(data.get(f.name) or {}))
+    return schema(**parts)
+
+
 def fast_settings(cfg: DictConfig | None) -> FastSettings:
     """``cfg.fast`` as :class:`FastSettings`; the defaults when the config has no ``fast``.
 
     Raises:
         ConfigError: an unknown key (by its full name) or a bad value.
     """
-    section = None if cfg is None else cfg.get("fast")
-    if section is None:
+    out = _nested_section(cfg, "fast", FastSettings)
+    if out is None:
         return FastSettings()
-    data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) \
-        else dict(section)
-    check_fields(data, FastSettings, "fast")
-    parts = {"sft": SFTFast, "grpo": GRPOFast}
-    out = {}
-    for key, schema in parts.items():
-        check_fields(data.get(key) or {}, schema, f"fast.{key}")
-        out[key] = schema(**(data.get(key) or {}))
-    grpo = out["grpo"]
+    grpo = out.grpo
     if grpo.compile_decode and not (grpo.decode_loop and grpo.static_cache):
         raise ConfigError("fast.grpo.compile_decode needs fast.grpo.decode_loop and "
                           "fast.grpo.static_cache (the compiled step decodes into a static cache)")
-    if out["sft"].ce_chunk_tokens < 1:
-        raise ConfigError(f"fast.sft.ce_chunk_tokens={out['sft'].ce_chunk_tokens}: must be >= 1")
-    return FastSettings(**out)
+    if out.sft.ce_chunk_tokens < 1:
+        raise ConfigError(f"fast.sft.ce_chunk_tokens={out.sft.ce_chunk_tokens}: must be >= 1")
+    return out
 
 
 # sampler: the sampler/trainer mismatch (``train/sampler_mismatch.py``)
@@ -310,26 +319,15 @@ class GRPOOptions:
     stats: StatsSettings = field(default_factory=StatsSettings)
 
 
-GRPO_PARTS = {"dynamic_sampling": DynamicSampling, "overlong": Overlong, "stats": StatsSettings}
-
-
 def grpo_options(cfg: DictConfig | None) -> GRPOOptions:
     """``cfg.grpo`` as :class:`GRPOOptions`; the defaults when the config has none.
 
     Raises:
         ConfigError: an unknown key (by its full name) or a bad value.
     """
-    section = None if cfg is None else cfg.get("grpo")
-    if section is None:
+    options = _nested_section(cfg, "grpo", GRPOOptions)
+    if options is None:
         return GRPOOptions()
-    data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) \
-        else dict(section)
-    check_fields(data, GRPOOptions, "grpo")
-    out = {}
-    for key, schema in GRPO_PARTS.items():
-        check_fields(data.get(key) or {}, schema, f"grpo.{key}")
-        out[key] = schema(**(data.get(key) or {}))
-    options = GRPOOptions(**out)
     try:
         options.dynamic_sampling.check()
         grpo = cfg.get("train", {}).get("grpo") or {}
