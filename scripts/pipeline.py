@@ -107,6 +107,21 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, models: dict[str, str],
     return results
 
 
+def mismatch_lines(curves: dict) -> list[str]:
+    """The sampler/trainer log-prob mismatch over GRPO steps (docs/sampler_mismatch.md)."""
+    from audsemthinker.eval.report import markdown_table
+
+    if not curves:
+        return ["Sampler/trainer mismatch: not measured in this run.", ""]
+    rows = [[name, f"{c['values'][0]:.2e}", f"{c['values'][-1]:.2e}", f"{max(c['values']):.2e}",
+             " ".join(f"{v:.1e}" for v in c["values"][:: max(1, len(c["values"]) // 8)])]
+            for name, c in curves.items() if c["values"]]
+    return ["### Sampler/trainer mismatch", "Per-token log-prob gap between the rollout sampler "
+            "and the trainer's old-policy pass, per logged step (docs/sampler_mismatch.md); "
+            "curve in `grpo/grpo_stats.png`.", "",
+            markdown_table(["measure", "first", "last", "max", "curve"], rows), ""]
+
+
 def write_report(run_dir: Path, parts: dict) -> Path:
     """``report.md`` + ``report.json`` (atomic) from what the stages returned."""
     from audsemthinker.eval.report import markdown_table, write_json_atomic, write_text_atomic
@@ -132,6 +147,7 @@ def write_report(run_dir: Path, parts: dict) -> Path:
                   f"accuracy {held.get('accuracy_before')}% -> **{held.get('accuracy_after')}%**.",
                   "", markdown_table(["reward", "first-quarter mean", "last-quarter mean"], rows),
                   "", "![reward curves](grpo/rewards.png)", ""]
+        lines += mismatch_lines(g.get("sampler_mismatch") or {})
     if "eval" in parts:
         rows = []
         for model_name, res in parts["eval"].items():

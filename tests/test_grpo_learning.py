@@ -127,7 +127,7 @@ def partial_sft(tmp_path: Path, model_dir, rewrite, common: list[str], sft_steps
     return grpo_data, run_sft(sft_cfg)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # full fine-tuning; the paper's LoRA path is test_grpo_learning_lora (in CI)
 def test_grpo_raises_heldout_accuracy_and_reward_on_every_seed(tmp_path, tiny_full_dir):
     import torch
 

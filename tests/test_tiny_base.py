@@ -47,6 +47,31 @@ def test_sft_tasks_narrow_only_the_sft_train_split(tmp_path):
         _build(tmp_path / "bad", sft_tasks=["chirp"])
 
 
+def test_sft_blind_tasks_answer_independently_of_the_clip_only_in_the_sft_train_split(tmp_path):
+    from audsemthinker.data.synthetic import TASKS
+
+    args = dict(n_train=64, option_order="fixed", sft_blind_tasks=["noise"])
+    plain = _build(tmp_path / "plain", n_train=64, option_order="fixed")
+    sft = _build(tmp_path / "sft", **args)
+    grpo = _build(tmp_path / "grpo", kind="grpo", **args)
+
+    def truthful(r):
+        return r["answer"] == f"{'AB'[TASKS[r['task']].classes.index(r['label'])]}. {r['label']}"
+
+    blind = [r for r in sft["train"] if r["task"] == "noise"]
+    wrong = sum(not truthful(r) for r in blind)
+    assert 0.25 * len(blind) <= wrong <= 0.75 * len(blind)  # answers at chance, not inverted
+    assert {r["messages"][-1]["content"][0]["text"].split("<answer>")[1][:1]
+            for r in blind} == {"A", "B"}
+    for r in blind:  # the clip and its label are the plain build's: only the text differs
+        twin = next(p for p in plain["train"] if p["id"] == r["id"])
+        assert (r["label"], r["params"]) == (twin["label"], twin["params"])
+    assert all(truthful(r) for r in sft["train"] if r["task"] == "pitch")
+    assert all(truthful(r) for r in sft["test"] + grpo["train"] + grpo["test"])
+    with pytest.raises(ValueError, match="sft_blind_tasks"):
+        _build(tmp_path / "bad", sft_blind_tasks=["chirp"])
+
+
 def test_the_base_is_built_once_per_recipe_and_rebuilt_when_it_changes(tmp_path, monkeypatch):
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.train import tiny_base as pretrain
@@ -104,4 +129,4 @@ def test_the_main_job_runs_the_papers_lora_path_on_the_pretrained_base():
     assert (cfg.lora.preset, cfg.lora.r, cfg.lora.alpha) == ("released", 8, 16)
     assert cfg.train.grpo.beta > 0 and cfg.train.grpo.loss_type == "grpo"
     kw = cfg.data.kwargs
-    assert set(kw.sft_tasks) < set(kw.tasks)  # a task only GRPO trains on
+    assert set(kw.sft_blind_tasks) < set(kw.tasks)  # a task whose mapping only GRPO teaches

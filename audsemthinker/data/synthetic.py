@@ -256,7 +256,8 @@ def synthetic(out_dir: Path, *, n_train: int = 64, n_valid: int = 16, n_test: in
               question_types: list[str] | tuple[str, ...] = ("mc_qa",), duration: float = 1.0,
               seed: int = 0, variant: str = "semantic", length_budget: int | None = None,
               prepend_instruction: bool = True, kind: str = "sft",
-              option_order: str = "shuffled", sft_tasks: list[str] | None = None):
+              option_order: str = "shuffled", sft_tasks: list[str] | None = None,
+              sft_blind_tasks: list[str] | None = None):
     """Write synthetic clips to ``out_dir/audio`` and yield their rows.
 
     Args:
@@ -274,6 +275,10 @@ def synthetic(out_dir: Path, *, n_train: int = 64, n_valid: int = 16, n_test: in
         sft_tasks: with ``kind=sft``, the train split covers only these tasks; the valid and
             test splits, and GRPO rows, cover every task. A task left out of SFT is one the
             SFT model was never taught and GRPO can still learn (None: every task).
+        sft_blind_tasks: with ``kind=sft``, the train rows of these tasks carry the text (think
+            and answer) of a class drawn independently of the clip: SFT teaches their question
+            format and option letters but not what the clip sounds like, so the SFT model
+            answers them by letter at chance and GRPO has a signal to learn the rest from.
 
     Yields:
         ``(split, row)`` pairs; rows carry ``label``, ``question_type`` and ``params``.
@@ -287,12 +292,12 @@ def synthetic(out_dir: Path, *, n_train: int = 64, n_valid: int = 16, n_test: in
                                                   if q not in QUESTION_TYPES]
     if option_order not in OPTION_ORDERS:
         bad.append(option_order)
-    bad += [t for t in sft_tasks or () if t not in tasks]
+    bad += [t for t in [*(sft_tasks or ()), *(sft_blind_tasks or ())] if t not in tasks]
     if bad or not tasks or not question_types:
         raise ValueError(f"synthetic: unknown or empty tasks/question_types/option_order/"
                          f"sft_tasks {bad}; tasks {SYNTHETIC_TASKS}, question types "
-                         f"{QUESTION_TYPES}, option orders {OPTION_ORDERS}, sft_tasks among "
-                         f"tasks")
+                         f"{QUESTION_TYPES}, option orders {OPTION_ORDERS}, sft_tasks and "
+                         f"sft_blind_tasks among tasks")
     make_row = row_maker(kind)
     combos = [(t, q) for t in tasks for q in question_types]
     train_combos = [c for c in combos if kind != "sft" or not sft_tasks or c[0] in sft_tasks]
@@ -308,11 +313,25 @@ def synthetic(out_dir: Path, *, n_train: int = 64, n_valid: int = 16, n_test: in
             item_id = f"syn-{split}-{i:05d}-{task}-{qtype}"
             path = audio_dir / f"{item_id}.wav"
             sf.write(str(path), wave, SR, subtype="PCM_16")
-            text = item_text(task, label, params, qtype, rng, option_order)
+            blind = kind == "sft" and split == "train" and task in (sft_blind_tasks or ())
+            text_label, text_params = (_blind_text(task, label, params, [seed, s, i])
+                                       if blind else (label, params))
+            text = item_text(task, text_label, text_params, qtype, rng, option_order)
             yield split, make_row(id=item_id, audio=str(path.resolve()), task=task,
                                   variant=variant, prepend_instruction=prepend_instruction,
                                   length_budget=length_budget, source="synthetic",
                                   question_type=qtype, label=label, params=params, **text)
+
+
+def _blind_text(task: str, label: str, params: dict, key: list[int]) -> tuple[str, dict]:
+    """A class (and text parameters) drawn from their own stream, independent of the clip."""
+    rng = np.random.default_rng([*key, 1])
+    classes = TASKS[task].classes
+    text_label = str(classes[int(rng.integers(len(classes)))])
+    if text_label == label:
+        return label, params
+    options = TASKS[task].text_params(text_label)
+    return text_label, options[int(rng.integers(len(options)))]
 
 
 def vocabulary_text() -> list[str]:

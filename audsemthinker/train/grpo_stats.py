@@ -73,6 +73,8 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("think words", ("completions/think_words/mean",)),
     ("KL", ("kl",)),
     ("clip ratio", ("clip_ratio/region_mean", "clip_ratio/low_mean", "clip_ratio/high_mean")),
+    ("sampler/trainer mismatch", ("sampling/mismatch/mean_abs_diff", "sampling/mismatch/kl",
+                                  "sampling/mismatch/share_above_threshold")),
 )
 
 
