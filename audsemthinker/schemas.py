@@ -102,7 +102,7 @@ class SFTFast:
     step pays the compilation."""
     padding_free: bool = False
     """Train on packed batches: the rows of a batch concatenated into one row without padding
-    (``train/packing.py``), the row boundaries given by ``position_ids``. Exact (same loss and
+    (``fast/packing.py``), the row boundaries given by ``position_ids``. Exact (same loss and
     gradients) with every attention implementation, but off by default: with sdpa/eager the
     packed row attends through a [T, T] block mask, so attention cost grows with the square of
     the summed row lengths instead of the sum of their squares; it pays with flash-attention 2's
@@ -122,7 +122,7 @@ class GRPOFast:
     """With a frozen audio encoder (no trainable parameter in it), reuse a clip's encoding
     across the step's passes (generation, old policy, reference, policy)."""
     decode_loop: bool = True
-    """Rollouts sampled by our loop (``train/decode.py``) instead of ``generate``: each distinct
+    """Rollouts sampled by our loop (``fast/decode.py``) instead of ``generate``: each distinct
     prompt + clip prefilled once and its KV cache copied to its G rows; the same sampling
     (transformers' own logits processors, one multinomial draw over all rows per step, so a seed
     gives generate's tokens). Settings the loop does not implement fall back to ``generate``."""

@@ -266,6 +266,7 @@ def build_grpo_trainer(cfg: DictConfig):
     from audsemthinker.rewards.overlong import overlong_setup
     from audsemthinker.schemas import fast_settings, grpo_options, think_budget
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import grpo_trainer_class
     from audsemthinker.train.judge_log import JudgeStatsCallback
     from audsemthinker.train.sft import (
         TRACE_ENV,
@@ -300,13 +301,16 @@ def build_grpo_trainer(cfg: DictConfig):
         raise FileNotFoundError(f"no training row at {split_file(cfg, 'train')} has usable "
                                 f"audio: {skipped}")
     model, ref, processor, mcfg = load_policy(cfg, args.beta)
-    trainer = AudioGRPOTrainer(
+    fast = fast_settings(cfg).grpo
+    trainer_class = grpo_trainer_class(fast)
+    trainer = trainer_class(
         model=model, reward_funcs=funcs, args=args, ref_model=ref,
         train_dataset=to_dataset(grpo_rows(rows["train"])), processing_class=processor,
         callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
         max_audio_seconds=audio_cap(cfg),
-        fast=fast_settings(cfg).grpo, sampler=sampler_for_run(cfg), options=options)
+        sampler=sampler_for_run(cfg), options=options,
+        **({} if trainer_class is AudioGRPOTrainer else {"fast": fast}))
     check_sharded(trainer)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)

@@ -272,11 +272,14 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         FileNotFoundError: no training rows at ``data.out_dir``.
     """
     from audsemthinker.data.collate import AudioCollator
-    from audsemthinker.model.compile import compile_decoder_layers
     from audsemthinker.model.lora import count_trainable
     from audsemthinker.schemas import fast_settings
-    from audsemthinker.train.packing import PackingCollator, check_packable
-    from audsemthinker.train.sft_fast import fast_trainer_kwargs, sft_trainer_class
+    from audsemthinker.train.sft_fast_trainer import (
+        fast_trainer_kwargs,
+        prepare_model,
+        sft_trainer_class,
+        train_collator,
+    )
     from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
     from audsemthinker.train.skipped_batch import guard_skipped_batches
 
@@ -291,11 +294,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         raise FileNotFoundError(f"no training rows at {split_file(cfg, 'train')}; build the "
                                 "dataset first (scripts/build_data.py)")
     model, processor = load_model(cfg)
-    if fast.padding_free:
-        check_packable(model)
-    if fast.compile_layers:
-        n = compile_decoder_layers(model)
-        log.info("fast.sft.compile_layers: %d decoder layers compiled", n)
+    prepare_model(model, fast)
     collator = AudioCollator(processor, pad_side="right", max_length=args.max_length,
                              audio_override=audio_override, skip_log=run_dir / SKIP_LOG,
                              max_audio_seconds=audio_cap(cfg))
@@ -309,9 +308,8 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     trainer_class = sft_trainer_class(fast)
     # Packed training batches; eval batches (and held-out generation) stay one row per example.
     packing = {"eval_data_collator": RowLookup(all_rows, collator)} if fast.padding_free else {}
-    train_collator = PackingCollator(collator) if fast.padding_free else collator
     trainer = trainer_class(
-        model=model, args=args, data_collator=RowLookup(all_rows, train_collator),
+        model=model, args=args, data_collator=RowLookup(all_rows, train_collator(fast, collator)),
         train_dataset=index_dataset(0, n_train),
         eval_dataset=index_dataset(n_train, len(all_rows)) if use_eval else None,
         # The tokenizer, not the processor: Trainer saves processing_class into every

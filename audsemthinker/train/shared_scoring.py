@@ -27,8 +27,10 @@ from torch import nn
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
-from audsemthinker.train.prefix_share import group_rows, shared_prompt_hidden, unwrap_thinker
-from audsemthinker.train.rollout import group_equal_rows
+from audsemthinker.fast.prefix_share import group_rows, shared_prompt_hidden
+from audsemthinker.fast.rollout import group_equal_rows
+from audsemthinker.model.features import trim_features
+from audsemthinker.model.unwrap import unwrap_thinker
 
 
 def group_chunks(inverse: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
@@ -48,16 +50,6 @@ def group_chunks(inverse: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
     if current:
         chunks.append(torch.cat(current))
     return chunks
-
-
-def trim_features(features: torch.Tensor, mask: torch.Tensor,
-                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Model kwargs for some rows' clips, cut to their own longest clip (frames past it are
-    padding for every row) and cast to ``dtype`` (the model's) when given."""
-    n = int(mask.sum(-1).max()) if mask.numel() else 0
-    feats = features[:, :, :n]
-    return {"input_features": feats if dtype is None else feats.to(dtype),
-            "feature_attention_mask": mask[:, :n]}
 
 
 def head_unsupported(model: nn.Module) -> str | None:

@@ -162,7 +162,7 @@ def group_equal_rows(*parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Group the rows that are bit-identical in every part (rows need not be adjacent).
 
     Shared by :class:`AudioDedup` (one encoding per distinct clip) and
-    :func:`audsemthinker.train.prefix_share.group_rows` (one forward per distinct prompt).
+    :func:`audsemthinker.fast.prefix_share.group_rows` (one forward per distinct prompt).
 
     Args:
         parts: tensors with the same first dimension ``B`` (any dtype and trailing shape).
