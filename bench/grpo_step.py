@@ -83,6 +83,7 @@ def run_arm(fast_on: bool, size: str, device: str, dtype, steps: int, out_dir: P
 
     from audsemthinker.model.processor import build_processor
     from audsemthinker.model.tiny import build_tiny_tokenizer
+    from audsemthinker.model.unwrap import unwrap
     from audsemthinker.rewards import build_rewards
     from audsemthinker.schemas import GRPOFast
     from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer, grpo_trainer_class
@@ -91,7 +92,7 @@ def run_arm(fast_on: bool, size: str, device: str, dtype, steps: int, out_dir: P
     tokenizer = build_tiny_tokenizer()
     processor = build_processor(tokenizer=tokenizer)
     model, _ = train_speed.build_model(size, device, dtype, "sdpa", tokenizer=tokenizer)
-    vocab = model.get_base_model().config.get_text_config().vocab_size
+    vocab = unwrap(model, peft=True).config.get_text_config().vocab_size
     seconds = train_speed.SIZES[size]["seconds"]
 
     fast = GRPOFast() if fast_on else GRPOFast(
