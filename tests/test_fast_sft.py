@@ -17,13 +17,13 @@ import random
 
 import pytest
 import torch
+from helpers import padding_fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sft import build_synthetic, compose_sft
 
 from audsemthinker.fast.length_groups import (
     LengthGroupedEpochSampler,
-    padding_fraction,
     row_lengths,
 )
 from audsemthinker.fast.lm_loss import chunked_lm_loss, stock_lm_loss

@@ -53,16 +53,6 @@ def row_lengths(rows: Sequence[Mapping], tokenizer) -> tuple[list[int], int]:
     return lengths, missing
 
 
-def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
-    """Share of a padded batch's positions that are padding, over batches of ``order``."""
-    pad = total = 0
-    for start in range(0, len(order), batch_size):
-        batch = [lengths[i] for i in order[start:start + batch_size]]
-        total += max(batch) * len(batch)
-        pad += max(batch) * len(batch) - sum(batch)
-    return pad / total if total else 0.0
-
-
 LENGTH_JITTER_TOKENS = 64
 """Random tokens added to each row's length before sorting (uniform in [0, 64), ~2.5 s of
 audio). Without it, rows whose lengths differ by a few text tokens are sorted by those tokens;
