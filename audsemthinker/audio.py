@@ -126,6 +126,7 @@ def _check_path(path: str | Path) -> Path:
     return path
 
 
+# Over 60 lines: every decode fallback and check, in the order a clip meets them; half is docstring.
 def load_audio(path: str | Path, max_seconds: float | None = None, on_long: str = "truncate",
                min_seconds: float = 0.1) -> np.ndarray:
     """Decode, check, downmix and resample one file to 16 kHz mono float32.

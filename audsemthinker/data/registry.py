@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # The build loop
 # --------------------------------------------------------------------------------------------
+# Over 60 lines: the one build loop all builders share; each skip reason is one branch.
 def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
                   max_seconds: float | None = None, on_long: str = "truncate",
                   min_seconds: float = 0.1, check_audio: bool = True, tokenizer: Any = None,

@@ -180,6 +180,7 @@ def _prefill(thinker, input_ids, attention_mask, positions, input_features,
     return logits, cache
 
 
+# Over 60 lines: prefill, then one decode loop whose state splitting would only pass around.
 def sample_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   generation_config: GenerationConfig, input_features: torch.Tensor | None = None,
                   feature_attention_mask: torch.Tensor | None = None, static_cache: bool = False,

@@ -97,6 +97,7 @@ def sampler_for_run(cfg: DictConfig):
     return settings
 
 
+# Over 60 lines: the config wired to the trainer in the order each part is validated.
 def build_grpo_trainer(cfg: DictConfig):
     """Build the :class:`AudioGRPOTrainer` for ``cfg`` (nothing is trained yet).
 
@@ -169,6 +170,7 @@ def build_grpo_trainer(cfg: DictConfig):
 # --------------------------------------------------------------------------------------------
 # Run
 # --------------------------------------------------------------------------------------------
+# Over 60 lines: the run's stages in order (held-out, train, save, report), rank-aware.
 def run_grpo(cfg: DictConfig) -> dict:
     """Train (resuming when ``cfg.resume`` says so), save, score held-out rows, report.
 

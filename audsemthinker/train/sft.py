@@ -256,6 +256,7 @@ def load_model(cfg: DictConfig):
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
+# Over 60 lines: the config wired to the trainer in the order each part is validated.
 def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     """Build the ``SFTTrainer`` for ``cfg`` (nothing is trained yet).
 

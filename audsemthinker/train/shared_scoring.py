@@ -62,6 +62,7 @@ def head_unsupported(model: nn.Module) -> str | None:
     return None
 
 
+# Over 60 lines: one chunk loop over prompt groups; its arguments mirror TRL's pass.
 def shared_logps_and_entropies(model: nn.Module, input_ids: torch.Tensor,
                                attention_mask: torch.Tensor, logits_to_keep: int, *,
                                temperature: float, max_rows: int, compute_entropy: bool,
