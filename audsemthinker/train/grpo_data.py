@@ -89,7 +89,7 @@ def to_dataset(rows: Sequence[Mapping]):
 def traced_reward(fn):
     """``fn`` that also appends what it scored to ``<TRACE_ENV>.rank<N>.rewards`` (JSON lines).
 
-    The multi-process debug hook (``audsemthinker.train.sft.TRACE_ENV``): a reward function
+    The multi-process debug hook (``audsemthinker.train.trace.TRACE_ENV``): a reward function
     runs on the rank that generated the completions, before TRL gathers the rewards, so one
     line per call (``step`` = global step when scored, ``reward`` name, row ``ids`` and
     ``values`` per completion) shows which prompts each rank generated for and what they scored.
