@@ -134,7 +134,8 @@ def run_arm(fast_on: bool, size: str, device: str, dtype, steps: int, out_dir: P
     result = dict(times=timer.times, peak_gib=mem["peak_gib"],
                   mean_length=statistics.mean(r["completions/mean_length"] for r in logs),
                   fast_off=dict(trainer.fast_off),
-                  shared=dict(getattr(trainer, "shared_prompt_stats", {})),
+                  shared=dict(getattr(trainer, "shared_prompt_stats",
+                                      {"passes": 0, "rows": 0, "prompt_forwards": 0})),
                   loop_calls=getattr(trainer, "decode_loop_stats", {"calls": 0})["calls"])
     del trainer, model
     gc.collect()
