@@ -1,7 +1,8 @@
 """GRPO of the thinker from a config: policy, reference, rewards, data, train, report.
 
 The trainer is :class:`~audsemthinker.train.grpo_audio.AudioGRPOTrainer` (each prompt's audio in
-generation and in every log-probability forward). This module only wires the config to it:
+generation and in every log-probability forward), or its fast subclass when a ``fast.grpo``
+switch is on (``grpo_fast_trainer.grpo_trainer_class``). This module only wires the config to it:
 
 - ``grpo_init`` (root key): the merged SFT export (thinker folder, ``scripts/export.py``) the
   policy starts from; null means ``cfg.model``. LoRA (``lora.preset``) adds a fresh adapter on
