@@ -21,12 +21,12 @@ from audsemthinker.schemas import (
     ConfigError,
     LoraSettings,
     ModelConfig,
-    _suggest,
     check_fields,
     fast_settings,
     grpo_options,
     sampler_settings,
 )
+from audsemthinker.schemas.checks import _suggest
 
 __all__ = ["ConfigError", "check_fields", "check_trainer_section", "register_schema",
            "to_dataclass", "validate"]

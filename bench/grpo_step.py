@@ -83,18 +83,24 @@ def run_arm(fast_on: bool, size: str, device: str, dtype, steps: int, out_dir: P
 
     from audsemthinker.model.processor import build_processor
     from audsemthinker.model.tiny import build_tiny_tokenizer
+    from audsemthinker.model.unwrap import unwrap
     from audsemthinker.rewards import build_rewards
     from audsemthinker.schemas import GRPOFast
-    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer, grpo_trainer_class
 
     shape = SHAPES[size]
     tokenizer = build_tiny_tokenizer()
     processor = build_processor(tokenizer=tokenizer)
     model, _ = train_speed.build_model(size, device, dtype, "sdpa", tokenizer=tokenizer)
-    vocab = model.get_base_model().config.get_text_config().vocab_size
+    vocab = unwrap(model, peft=True).config.get_text_config().vocab_size
     seconds = train_speed.SIZES[size]["seconds"]
 
-    class Trainer(AudioGRPOTrainer):
+    fast = GRPOFast() if fast_on else GRPOFast(
+        merged_rollouts=False, audio_dedup=False, audio_cache=False, decode_loop=False,
+        shared_prompt=False, group_batches=False)
+    base = grpo_trainer_class(fast)  # fast=stock: the stock trainer, no fast code at all
+
+    class Trainer(base):
         def _load_clip(self, path):  # random audio, one fixed clip per path
             seed = sum(map(ord, str(path)))
             return np.random.default_rng(seed).normal(0, 0.1, int(16000 * seconds)) \
@@ -115,12 +121,10 @@ def run_arm(fast_on: bool, size: str, device: str, dtype, steps: int, out_dir: P
         dict(name="length", shape="linear", budget=25, alpha=0.1, delta=0.5)])
     args.reward_weights = weights
     timer = StepTimer(device)
-    fast = GRPOFast() if fast_on else GRPOFast(
-        merged_rollouts=False, audio_dedup=False, audio_cache=False, decode_loop=False,
-        shared_prompt=False, group_batches=False)
     trainer = Trainer(model=model, reward_funcs=funcs, args=args,
                       train_dataset=Dataset.from_list(rows(shape["prompts"])),
-                      processing_class=processor, fast=fast, callbacks=[timer])
+                      processing_class=processor, callbacks=[timer],
+                      **({"fast": fast} if base is FastAudioGRPOTrainer else {}))
     for quiet in (PrinterCallback, ProgressCallback):  # this script prints its own lines
         trainer.remove_callback(quiet)
     mem: dict = {}
@@ -129,9 +133,10 @@ def run_arm(fast_on: bool, size: str, device: str, dtype, steps: int, out_dir: P
     logs = [r for r in trainer.state.log_history if "reward" in r]
     result = dict(times=timer.times, peak_gib=mem["peak_gib"],
                   mean_length=statistics.mean(r["completions/mean_length"] for r in logs),
-                  fast_off=getattr(trainer, "fast_off", {}),
-                  shared=dict(trainer.shared_prompt_stats),
-                  loop_calls=trainer.decode_loop_stats["calls"])
+                  fast_off=dict(trainer.fast_off),
+                  shared=dict(getattr(trainer, "shared_prompt_stats",
+                                      {"passes": 0, "rows": 0, "prompt_forwards": 0})),
+                  loop_calls=getattr(trainer, "decode_loop_stats", {"calls": 0})["calls"])
     del trainer, model
     gc.collect()
     if device == "cuda":

@@ -18,7 +18,7 @@ Rows, each as stock | ours | ratio:
 - Rollout: P prompts x G samples x T new tokens, sampled; new tokens/s and ms per decode step.
   Stock is ``generate`` on the PEFT-wrapped model (what TRL does). Ours merges the LoRA for the
   rollout and encodes each clip once (``fast.grpo``), then samples with ``generate`` and with our
-  decode loop (``train/decode.py``: each prompt prefilled once; dynamic cache, static cache,
+  decode loop (``fast/decode.py``: each prompt prefilled once; dynamic cache, static cache,
   and on CUDA static cache + ``torch.compile``).
 - GRPO step (paper settings: beta > 0, num_iterations 1, so TRL runs the reference pass but no
   old-policy pass): generate / reward / reference log-probs / policy fwd+bwd, each timed. The
@@ -28,7 +28,7 @@ Rows, each as stock | ours | ratio:
   ignores ``logits_to_keep``); the policy forward with grad and the GRPO loss (ratio 1, group
   advantages) over micro-batches of the shuffled generation batch (TRL shuffles rows). Ours runs
   the trainer's default fast paths: the decode loop, shared-prompt scoring
-  (``train/prefix_share.py``: each prompt once for the rows of a micro-batch that share it;
+  (``fast/prefix_share.py``: each prompt once for the rows of a micro-batch that share it;
   log-probs checked against the full forward's) and micro-batches that keep each prompt's rows
   together (``group_batches``; the trainer does that without gradient checkpointing).
 
@@ -200,7 +200,7 @@ def trl_fused_loss(model, batch: dict, labels: torch.Tensor) -> torch.Tensor:
     from trl.kernels import ChunkedLogProbFunction
     from trl.kernels.chunked_logprob import _use_triton
 
-    from audsemthinker.train.lm_loss import capture_final_hidden, lm_head_of, shifted_targets
+    from audsemthinker.fast.lm_loss import capture_final_hidden, lm_head_of, shifted_targets
 
     with capture_final_hidden(model) as store:
         model(**{**batch, "use_cache": False})
@@ -235,7 +235,7 @@ def sft_step_row(pm, loss_fn, phase: str, path: str, tokens: int, n_lm: int, dev
 
 def bench_sft(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[dict]:
     """One LoRA fwd+bwd step: stock (full logits), TRL's fused head, ours (chunked CE)."""
-    from audsemthinker.train.lm_loss import chunked_lm_loss, stock_lm_loss
+    from audsemthinker.fast.lm_loss import chunked_lm_loss, stock_lm_loss
 
     s = SIZES[size]
     batch = make_batch(s["sft_batch"], s["seconds"], 64, 192, device, dtype)
@@ -280,8 +280,8 @@ def mixed_batch(rows: int, device: str, dtype: torch.dtype) -> tuple[dict, torch
 def bench_packed(pm, n_lm: int, size: str, device: str, reps: int, dtype) -> list[dict]:
     """One SFT step on a batch of mixed lengths: padded (stock) against packed into one row
     (``fast.sft.padding_free``), both with the chunked loss; tokens/s counts real tokens."""
-    from audsemthinker.train.lm_loss import chunked_lm_loss
-    from audsemthinker.train.packing import pack_batch
+    from audsemthinker.fast.lm_loss import chunked_lm_loss
+    from audsemthinker.fast.packing import pack_batch
 
     batch, labels = mixed_batch(SIZES[size]["sft_batch"], device, dtype)
     packed = pack_batch({**batch, "labels": labels})
@@ -302,8 +302,8 @@ def bench_packed(pm, n_lm: int, size: str, device: str, reps: int, dtype) -> lis
 def bench_compiled(pm, n_lm: int, size: str, device: str, dtype, reps: int) -> list[dict]:
     """The SFT step with every decoder layer compiled (``fast.sft.compile_layers``) against the
     same loss eager. Run last: the layers stay compiled afterwards."""
-    from audsemthinker.model.compile import compile_decoder_layers
-    from audsemthinker.train.lm_loss import chunked_lm_loss
+    from audsemthinker.fast.compile import compile_decoder_layers
+    from audsemthinker.fast.lm_loss import chunked_lm_loss
 
     s = SIZES[size]
     batch = make_batch(s["sft_batch"], s["seconds"], 64, 192, device, dtype)
@@ -343,14 +343,14 @@ def generate(pm, prompt: dict, group: int, new: int, loop: dict | None = None) -
     """Sampled completions, ``group`` per prompt, exactly ``new`` tokens each.
 
     ``loop``: None runs ``generate`` (``num_return_sequences``: what TRL does); else the keyword
-    arguments of :func:`audsemthinker.train.decode.sample_shared` (our decode loop: each prompt
+    arguments of :func:`audsemthinker.fast.decode.sample_shared` (our decode loop: each prompt
     prefilled once), run on the prompts repeated ``group`` times as TRL lays them out."""
     cfg = sampling_config(new)
     with torch.no_grad():
         if loop is None:
             out = pm.generate(**prompt, generation_config=cfg, num_return_sequences=group)
         else:
-            from audsemthinker.train.decode import sample_shared
+            from audsemthinker.fast.decode import sample_shared
 
             out = sample_shared(pm, generation_config=cfg, **repeat_rows(prompt, group), **loop)
     return out[:, prompt["input_ids"].size(1):]
@@ -358,7 +358,7 @@ def generate(pm, prompt: dict, group: int, new: int, loop: dict | None = None) -
 
 def shares_a_prompt(part: dict, new: int) -> bool:
     """Whether two rows of ``part`` have the same prompt and clip (else nothing to share)."""
-    from audsemthinker.train.prefix_share import group_rows
+    from audsemthinker.fast.prefix_share import group_rows
 
     _, inverse = group_rows(part["input_ids"][:, :-new], part["attention_mask"][:, :-new],
                             part["input_features"], part["feature_attention_mask"])
@@ -369,11 +369,11 @@ def completion_logps(pm, seqs: dict, new: int, micro: int, grad: bool,
                      shared: bool = False) -> torch.Tensor:
     """Per-token log-probs of the last ``new`` tokens, in micro-batches (as TRL scores them).
 
-    ``shared``: :func:`audsemthinker.train.prefix_share.shared_prompt_logps` on micro-batches
+    ``shared``: :func:`audsemthinker.fast.prefix_share.shared_prompt_logps` on micro-batches
     where two rows share a prompt (each prompt once, the completions on its cache), the full
     forward elsewhere: what ``fast.grpo.shared_prompt`` does in the trainer."""
-    from audsemthinker.train.lm_loss import capture_final_hidden, lm_head_of
-    from audsemthinker.train.prefix_share import shared_prompt_logps
+    from audsemthinker.fast.lm_loss import capture_final_hidden, lm_head_of
+    from audsemthinker.fast.prefix_share import shared_prompt_logps
 
     out = []
     for i in range(0, seqs["input_ids"].size(0), micro):
@@ -455,8 +455,8 @@ def rollout_rows(pm, prompt: dict, shape: tuple, snapshot, device: str, reps: in
                  compiled: bool):
     """The rollout timed for each of our paths (LoRA merged, clips encoded once); returns the
     rows and the completions of the trainer's default path (None if the loop cannot run)."""
-    from audsemthinker.train.decode import decode_blocker
-    from audsemthinker.train.rollout import merged_lora
+    from audsemthinker.fast.decode import decode_blocker
+    from audsemthinker.fast.rollout import merged_lora
 
     P, G, T = shape
     rows, default = [], None
@@ -483,7 +483,7 @@ def rollout_rows(pm, prompt: dict, shape: tuple, snapshot, device: str, reps: in
 @contextlib.contextmanager
 def fast_paths(pm, on: bool):
     """Ours: each distinct clip encoded once, one encoding per clip per step (``fast.grpo``)."""
-    from audsemthinker.train.rollout import AudioEncodingCache, audio_dedup
+    from audsemthinker.fast.rollout import AudioEncodingCache, audio_dedup
 
     if not on:
         yield None
@@ -552,9 +552,9 @@ def step_rows(path: str, phases: dict, peak) -> list[dict]:
 def bench_grpo(pm, size: str, device: str, dtype, reps: int, micro: int,
                compiled: bool) -> list[dict]:
     """Rollout alone, then one GRPO step split into its phases; stock vs ours."""
+    from audsemthinker.fast.rollout import LoraSnapshot
     from audsemthinker.model.tiny import build_tiny_tokenizer
     from audsemthinker.rewards import build_rewards
-    from audsemthinker.train.rollout import LoraSnapshot
 
     shape = SIZES[size]["rollout"]
     prompt = make_batch(shape[0], SIZES[size]["seconds"], 64, 32, device, dtype, seed=1)

@@ -90,7 +90,7 @@ def test_unknown_on_long_is_an_error(tmp_path):
     (None, lambda p: write_tone(p, 440)),
 ])
 def test_audio_problem_finds_files_that_would_stop_a_run(tmp_path, reason, make):
-    from audsemthinker.audio import audio_problem
+    from helpers import audio_problem
 
     path = tmp_path / "clip.wav"
     make(path)

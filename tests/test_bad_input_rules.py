@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fixtures_audio import tone, write_tone
+from helpers import audio_problem
 
-from audsemthinker.audio import AudioError, audio_problem, load_audio
+from audsemthinker.audio import AudioError, load_audio
 from audsemthinker.data.audsem import parse_choices
 from audsemthinker.data.examples import RowError
 from audsemthinker.data.paths import safe_name

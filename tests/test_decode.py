@@ -12,8 +12,8 @@ import torch
 from test_prefix_share import PROMPT_CLIPS, _load, _prompt_rows
 from transformers import GenerationConfig
 
+from audsemthinker.fast.decode import decode_blocker, sample_shared
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS
-from audsemthinker.train.decode import decode_blocker, sample_shared
 
 G = 3
 NEW = 10
@@ -113,7 +113,7 @@ def test_step_logits_equal_the_stock_forward_of_the_output(greedy, tiny_processo
                                                            static_cache):
     """Every decode step's logits equal the thinker's full forward on the returned rows: the
     positions, the shared cache and the mask of each step are those of the stock model."""
-    import audsemthinker.train.decode as decode
+    import audsemthinker.fast.decode as decode
 
     model, inputs, _ = greedy
     steps = []

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from audsemthinker.schemas import GRPOFast
-from audsemthinker.train.rollout import (
+from audsemthinker.fast.rollout import (
     AudioEncodingCache,
     LoraSnapshot,
     audio_dedup,
@@ -29,6 +28,7 @@ from audsemthinker.train.rollout import (
     remove_audio_dedup,
     same_tower,
 )
+from audsemthinker.schemas import GRPOFast
 
 SR = 16000
 PROMPT = "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>item {}<|im_end|>\n" \
@@ -223,7 +223,7 @@ def test_cache_is_bypassed_while_a_tower_parameter_trains(tiny_full_dir, tiny_pr
     enc = _batch(tiny_processor, [0, 1, 0])
     rows = _tower_rows(model)
     cache = AudioEncodingCache()
-    with caplog.at_level(logging.WARNING, logger="audsemthinker.train.rollout"), \
+    with caplog.at_level(logging.WARNING, logger="audsemthinker.fast.rollout"), \
             audio_dedup(model, cache):
         model(**enc)
         model(**enc)
@@ -246,7 +246,7 @@ def _run(tmp_path, model_dir, processor, fast: GRPOFast, **args_kw):
     from datasets import Dataset
     from test_grpo_audio import _args, _reward, tone_rows
 
-    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer as AudioGRPOTrainer
 
     tmp_path.mkdir()
     rows = tone_rows(tmp_path, 2)
@@ -286,7 +286,7 @@ def test_fast_and_stock_trainer_give_the_same_first_step(tmp_path, tiny_full_dir
 
 def test_shared_prompt_scoring_leaves_the_checkpointed_policy_pass_to_trl(
         tmp_path, tiny_full_dir, tiny_processor, caplog):
-    with caplog.at_level(logging.INFO, logger="audsemthinker.train.grpo_fast"):
+    with caplog.at_level(logging.INFO, logger="audsemthinker.fast.grpo_switches"):
         trainer, _ = _run(tmp_path / "gc", tiny_full_dir, tiny_processor, GRPOFast(),
                           gradient_checkpointing=True)
     # old-policy + reference passes shared (no gradients), the policy passes not
@@ -341,7 +341,7 @@ def test_group_batches_only_where_the_gradient_is_unchanged(tmp_path, tiny_full_
     from datasets import Dataset
     from test_grpo_audio import _args, _reward, tone_rows
 
-    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer as AudioGRPOTrainer
 
     trainer = AudioGRPOTrainer(model=_model(tiny_full_dir, "lm_attn"), reward_funcs=[_reward],
                                args=_args(tmp_path, **args_kw),
@@ -354,7 +354,7 @@ def test_group_batches_only_where_the_gradient_is_unchanged(tmp_path, tiny_full_
 
 
 def _setup(**kw):
-    from audsemthinker.train.grpo_fast import Setup
+    from audsemthinker.fast.grpo_switches import Setup
 
     base = dict(sharded=False, wrapped=False, lora=True, checkpointing=False, loss_type="grpo",
                 steps_per_generation=2, gradient_accumulation_steps=2)
@@ -375,7 +375,7 @@ def _setup(**kw):
     (dict(sharded=True, checkpointing=True),
      dict(merged_rollouts=False, decode_loop=False, group_batches=False), {})])
 def test_off_reasons_name_each_switch_that_cannot_run(setup, fast, off):
-    from audsemthinker.train.grpo_fast import off_reasons
+    from audsemthinker.fast.grpo_switches import off_reasons
 
     got = off_reasons(GRPOFast(**fast), _setup(**setup))
     assert got.keys() == off.keys()

@@ -17,18 +17,18 @@ import random
 
 import pytest
 import torch
+from helpers import padding_fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sft import build_synthetic, compose_sft
 
-from audsemthinker.model.loader import resolve_attn_implementation
-from audsemthinker.train.lm_loss import chunked_lm_loss, stock_lm_loss
-from audsemthinker.train.sft_fast import (
-    FastSFTTrainer,
+from audsemthinker.fast.length_groups import (
     LengthGroupedEpochSampler,
-    padding_fraction,
     row_lengths,
 )
+from audsemthinker.fast.lm_loss import chunked_lm_loss, stock_lm_loss
+from audsemthinker.model.loader import resolve_attn_implementation
+from audsemthinker.train.sft_fast_trainer import FastSFTTrainer
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,7 @@ def test_auto_is_the_real_models_default_and_unknown_names_fail(tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_compiled_layers_give_the_eager_loss_and_gradients_without_recompiling(
         tmp_path, tiny_full_dir, pitch_data):
-    from audsemthinker.model.compile import compile_decoder_layers, decoder_layers
+    from audsemthinker.fast.compile import compile_decoder_layers, decoder_layers
 
     torch.set_num_threads(1)
     trainer, info = _trainer(tmp_path, tiny_full_dir, pitch_data, "tiny",

@@ -63,7 +63,7 @@ def _trainer(tiny_full_dir, tiny_processor, rows, args, lora: bool, rewards):
 
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.model.lora import LoraSettings, apply_lora
-    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer as AudioGRPOTrainer
 
     mcfg = ModelConfig(name_or_path=str(tiny_full_dir), dtype="float32")
     torch.manual_seed(0)

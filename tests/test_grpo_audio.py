@@ -111,7 +111,7 @@ def _build(model_dir, processor, rows, args, lora: bool):
 
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.model.lora import apply_lora
-    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer as AudioGRPOTrainer
 
     mcfg = ModelConfig(name_or_path=str(model_dir), dtype="float32")
     torch.manual_seed(0)
@@ -273,7 +273,7 @@ def test_init_rejects_unsafe_setups(tmp_path, tiny_full_dir, tiny_processor):
     from audsemthinker.model.loader import ModelConfig, load_thinker
     from audsemthinker.model.lora import apply_lora
     from audsemthinker.model.processor import build_processor
-    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer as AudioGRPOTrainer
 
     ds = Dataset.from_list(tone_rows(tmp_path, 1))
     model = load_thinker(ModelConfig(name_or_path=str(tiny_full_dir), dtype="float32"))

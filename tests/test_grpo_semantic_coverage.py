@@ -93,7 +93,7 @@ def _point_coverage_at_targets(rewards: list[dict]) -> list[dict]:
 
 def _coverage_share(model_dir: str, cfg: dict, rows: list) -> float:
     """Share of SAMPLES seeded samples per held-out row whose block names every target."""
-    from audsemthinker.rewards import covers_all_targets
+    from helpers import covers_all_targets
 
     _, completions = sampled_completions(model_dir, cfg, rows, SAMPLES)
     return sum(covers_all_targets(c, TARGETS) for c in completions) / len(completions)

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import lora_module_names
 from safetensors import safe_open
 
 from audsemthinker.model.loader import ModelConfig, check_token_ids, load_thinker
-from audsemthinker.model.lora import LoraSettings, apply_lora, lora_module_names, resolve_targets
+from audsemthinker.model.lora import LoraSettings, apply_lora, resolve_targets
 from audsemthinker.model.tokens import audio_tokens_for_frames
 
 

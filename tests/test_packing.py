@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from test_sft import build_synthetic, compose_sft
 from transformers.masking_utils import find_packed_sequence_indices
 
-from audsemthinker.train.lm_loss import chunked_lm_loss, stock_lm_loss
-from audsemthinker.train.packing import (
+from audsemthinker.fast.lm_loss import chunked_lm_loss, stock_lm_loss
+from audsemthinker.fast.packing import (
     PackingCollator,
     check_packable,
     is_packed,
@@ -240,7 +240,7 @@ def _trainer(run_dir, model_dir, data, *overrides):
 @pytest.mark.parametrize("chunked", ["false", "true"])
 def test_trainer_losses_and_metrics_are_the_padded_ones(tmp_path, tiny_full_dir, mixed_rows,
                                                         chunked):
-    from audsemthinker.train.sft_fast import FastSFTTrainer
+    from audsemthinker.train.sft_fast_trainer import FastSFTTrainer
 
     torch.set_num_threads(1)
     data = _mixed_data_dir(tmp_path, mixed_rows)

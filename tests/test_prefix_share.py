@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audsemthinker import format as fmt
+from audsemthinker.fast.prefix_share import group_rows, shared_prompt_logps
 from audsemthinker.model.tokens import ADDED_TOKENS
-from audsemthinker.train.prefix_share import group_rows, shared_prompt_logps
 
 SR = 16000
 G = 3
@@ -269,7 +269,7 @@ def test_bad_inputs_and_models_are_refused(tiny_full_dir, tiny_processor, prompt
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selected_logps_is_log_softmax_then_gather(dtype):
-    from audsemthinker.train.prefix_share import selected_logps
+    from audsemthinker.fast.prefix_share import selected_logps
 
     logits = torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(0)).to(dtype) * 5
     ids = torch.randint(0, 50, (3, 4), generator=torch.Generator().manual_seed(1))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from helpers import covers_all_targets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audsemthinker import format as fmt
-from audsemthinker.rewards import covers_all_targets, get_reward
+from audsemthinker.rewards import get_reward
 from audsemthinker.rewards.open_answer import lcs_length, rouge_l, token_f1
 
 CHOICES = ["The sound of a dog barking", "The sound of birds", "A car horn", "Rain on a roof"]

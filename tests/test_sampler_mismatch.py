@@ -111,8 +111,8 @@ def _forward_logps(model, inputs, sequences, cfg) -> torch.Tensor:
 @pytest.mark.parametrize("path", ["decode_loop", "generate"])
 def test_the_sampler_records_the_log_probs_it_drew_from(tiny_model, tiny_processor, prompts,
                                                         path):
+    from audsemthinker.fast.grpo_switches import loop_generate
     from audsemthinker.schemas import GRPOFast
-    from audsemthinker.train.grpo_fast import loop_generate
 
     inputs, _ = _inputs(tiny_processor, prompts, copies=2)
     cfg = _config(tiny_processor, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
@@ -155,7 +155,7 @@ def _trainer(tmp_path, model_dir, processor, settings: SamplerSettings, dtype="b
     from datasets import Dataset
     from test_fast_grpo import _model
 
-    from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import FastAudioGRPOTrainer as AudioGRPOTrainer
 
     tmp_path.mkdir(exist_ok=True)
     rows = tone_rows(tmp_path, 2)

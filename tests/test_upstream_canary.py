@@ -21,7 +21,6 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
                      "processing_class", "reward_processing_classes", "callbacks", "optimizers",
                      "quantization_config", "peft_config", "tools", "rollout_func",
                      "environment_factory"),
-        "_prepare_inputs": ("self", "generation_batch"),
         "_generate_single_turn": ("self", "prompt_ids", "images", "multimodal_fields",
                                   "num_generations", "has_tool_images"),
         "_save": ("self", "output_dir", "state_dict"),
@@ -34,7 +33,19 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
             "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes",
             "token_type_ids", "mm_token_type_ids", "image_position_ids"),
     },
-    "audsemthinker.train.sft_fast:FastSFTTrainer": {
+    # The fast subclass: its TRL override, and the methods of ours it extends.
+    "audsemthinker.train.grpo_fast_trainer:FastAudioGRPOTrainer": {
+        "__init__": ("self", "model", "reward_funcs", "args", "train_dataset", "eval_dataset",
+                     "processing_class", "ref_model", "max_audio_seconds", "sampler",
+                     "options", "kwargs"),
+        "_prepare_inputs": ("self", "generation_batch"),
+        "_rollout_swaps": ("self", "stack", "model"),
+        "_generate_and_score_completions": ("self", "inputs"),
+        "_get_per_token_logps_and_entropies": (
+            "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size",
+            "compute_entropy", "compute_aux_loss", "image_kwargs"),
+    },
+    "audsemthinker.train.sft_fast_trainer:FastSFTTrainer": {
         "__init__": ("self", "model", "args", "data_collator", "train_dataset", "eval_dataset",
                      "processing_class", "compute_loss_func", "compute_metrics", "callbacks",
                      "optimizers", "optimizer_cls_and_kwargs", "preprocess_logits_for_metrics",
@@ -49,9 +60,10 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
 # Private methods that are ours: upstream must not define them (or ours would override it).
 OWN_HELPERS: dict[str, set[str]] = {
     "audsemthinker.train.grpo_audio:AudioGRPOTrainer": {
-        "_setup_fast", "_fast_on", "_prepare_ref_model", "_load_clip", "_shared_prompt_pass",
-        "_setup_options", "_score_round"},
-    "audsemthinker.train.sft_fast:FastSFTTrainer": {
+        "_rollout_swaps", "_prepare_ref_model", "_load_clip", "_setup_options", "_score_round"},
+    "audsemthinker.train.grpo_fast_trainer:FastAudioGRPOTrainer": {
+        "_setup_fast", "_fast_on", "_shared_prompt_pass"},
+    "audsemthinker.train.sft_fast_trainer:FastSFTTrainer": {
         "_eval_collator", "_log_token_metrics", "_count_train_tokens"},
 }
 

@@ -121,6 +121,7 @@ def _read_log(path: Path) -> dict[str, dict]:
     return last
 
 
+# Over 60 lines: one resumable, rate-limited download loop; its options are documented here.
 def download_clips(refs: Iterable[str], out_dir: str | Path,
                    fetch: Callable[[Clip, Path], Path], *, min_interval_s: float = 2.0,
                    retries: int = 1, retry_failed: bool = False, limit: int | None = None,

@@ -263,6 +263,7 @@ def question_hits(train_rows: list[dict], bench_rows: list[dict], threshold: flo
 # --------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------
+# Over 60 lines: the report's documented thresholds, then its steps in order.
 def contamination_report(train: Any, benchmarks: Mapping[str, Any] | Sequence[Any],
                          out_dir: str | Path | None = None, *, audio_threshold: float = 0.75,
                          text_threshold: float = 0.8, embed_fn: Callable | None = None,

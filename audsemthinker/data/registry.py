@@ -23,19 +23,29 @@ or name it in a config as ``builder: my_package.my_module:my_corpus``.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import importlib
-import inspect
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audsemthinker.data.build_rows import (
+    load_tokenizer,
+    longer_than,
+    row_tokens,
+    store_capped,
+)
+from audsemthinker.data.builders import (
+    BuildError,
+    IncompleteBuild,
+    Meta,
+    Skip,
+    available_builders,
+    check_kwargs,
+    get_builder,
+    holdout,
+    register_builder,
+)
 from audsemthinker.data.built import (
     build_settings,
     marker_path,
@@ -47,157 +57,29 @@ from audsemthinker.data.built import (
 from audsemthinker.data.examples import ExampleWriter
 from audsemthinker.data.report import BuildReport
 
+__all__ = [
+    "BuildError",
+    "IncompleteBuild",
+    "Meta",
+    "Skip",
+    "available_builders",
+    "build_dataset",
+    "build_from_config",
+    "check_kwargs",
+    "ensure_built",
+    "get_builder",
+    "holdout",
+    "register_builder",
+    "row_tokens",
+]
+
 log = logging.getLogger(__name__)
-
-_BUILDERS: dict[str, Callable[..., Iterator]] = {}
-_BUILTIN_MODULES = ("audsemthinker.data.synthetic", "audsemthinker.data.audsem",
-                    "audsemthinker.data.benchmarks")
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A source item a builder could not turn into a row, and why (``reason`` is counted)."""
-
-    id: str
-    reason: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Meta:
-    """Facts about the source recorded in the report (``{"total": n}`` sizes the progress bar)."""
-
-    values: dict
-
-
-class IncompleteBuild(RuntimeError):
-    """A build that cannot give the user what the source holds, with its cause in one line.
-
-    Raised before any work when the source cannot be read as asked (a text-only source without
-    an audio folder, columns that are not there), and after the loop when a builder that asks
-    for it (``Meta({"require_rows": True})``) kept no rows, or kept none of a split the source
-    holds (``Meta({"source_splits": [...]})``). The report is written first, so its skip table
-    can be read. ``scripts/build_data.py`` prints the message and exits non-zero.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
-
-
-class BuildError(ValueError):
-    """Raised under ``strict=True`` at the first bad item: ``reason`` and ``item_id`` name it."""
-
-    def __init__(self, reason: str, item_id: str, detail: str = ""):
-        self.reason, self.item_id, self.detail = reason, str(item_id), detail
-        super().__init__(f"item {item_id!r}: {reason}" + (f" ({detail})" if detail else ""))
-
-
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
-def register_builder(name: str) -> Callable[[Callable], Callable]:
-    """Decorator registering a builder generator under ``name`` (re-registering replaces it)."""
-
-    def deco(fn: Callable) -> Callable:
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
-
-
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
-def available_builders() -> list[str]:
-    """Sorted names of every registered builder (the built-in ones included)."""
-    _load_builtins()
-    return sorted(_BUILDERS)
-
-
-def get_builder(name: str) -> Callable[..., Iterator]:
-    """The builder registered as ``name``, or ``"package.module:function"`` imported.
-
-    Raises:
-        ValueError: an unknown name; the message lists the registered names.
-    """
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        return getattr(importlib.import_module(module), attr)
-    _load_builtins()
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown dataset builder {name!r}; available: {available_builders()}")
-    return _BUILDERS[name]
-
-
-def check_kwargs(builder: Callable, kwargs: dict) -> dict:
-    """Bind ``kwargs`` to the builder's signature before any work is done.
-
-    Raises:
-        TypeError: naming a misspelt or missing argument (and the closest valid name).
-    """
-    sig = inspect.signature(builder)
-    params = [p for p in sig.parameters if p != "out_dir"]
-    for key in kwargs:
-        if key not in params and not any(p.kind is p.VAR_KEYWORD
-                                         for p in sig.parameters.values()):
-            close = difflib.get_close_matches(key, params, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"builder {builder.__name__!r} has no argument {key!r}{hint} "
-                            f"(arguments: {params})")
-    try:
-        sig.bind(Path("."), **kwargs)
-    except TypeError as e:
-        raise TypeError(f"builder {builder.__name__!r}: {e}") from None
-    return dict(kwargs)
-
-
-def holdout(key: str, seed: int, fraction: float) -> bool:
-    """Whether item ``key`` falls in a seeded held-out split of about ``fraction`` of the items.
-
-    A hash of ``(seed, key)``, so the choice is reproducible, independent of item order and
-    streamable (the public release drew its validation split unseeded).
-    """
-    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
 
 # --------------------------------------------------------------------------------------------
 # The build loop
 # --------------------------------------------------------------------------------------------
-def _load_tokenizer(tokenizer: Any) -> Any:
-    if tokenizer is None or hasattr(tokenizer, "apply_chat_template"):
-        return getattr(tokenizer, "tokenizer", tokenizer)
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tokenizer))
-
-
-def row_tokens(row: dict, tokenizer: Any, n_samples: int) -> dict[str, int]:
-    """Text, audio and total tokens one row costs the thinker.
-
-    The chat template renders one ``<|AUDIO|>`` placeholder per clip; the processor expands it
-    to 25 tokens per second (:func:`audsemthinker.model.tokens.audio_tokens_for_frames`).
-    """
-    from audsemthinker.data.examples import audio_paths
-    from audsemthinker.model.tokens import audio_tokens_for_frames
-
-    messages = row.get("messages") or row.get("prompt")
-    if not messages:
-        from audsemthinker import format as fmt
-
-        text = (row.get("prompts") or {}).get("audsem") or row.get("question") or ""
-        messages = [{"role": "system", "content": [{"type": "text", "text": fmt.SYSTEM_PROMPT}]},
-                    {"role": "user", "content": [{"type": "audio", "audio": row["audio"]},
-                                                 {"type": "text", "text": text}]}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-    n_clips = len(set(audio_paths(row))) or 1  # the audio column repeats the message's path
-    text = len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) - n_clips
-    audio = audio_tokens_for_frames(math.ceil(n_samples / 160)) * n_clips if n_samples else 0
-    return {"text": text, "audio": audio, "total": text + audio}
-
-
+# Over 60 lines: the one build loop all builders share; each skip reason is one branch.
 def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
                   max_seconds: float | None = None, on_long: str = "truncate",
                   min_seconds: float = 0.1, check_audio: bool = True, tokenizer: Any = None,
@@ -242,7 +124,7 @@ def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
     # A build that dies from here on must not look complete: no old report or marker survives.
     marker_path(out, report_name).unlink(missing_ok=True)
     (out / f"{report_name}.json").unlink(missing_ok=True)
-    tok = _load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer)
     report = BuildReport(name=name, out_dir=str(out), kwargs=kwargs, strict=strict,
                          audio_checks=dict(max_seconds=max_seconds, on_long=on_long,
                                            min_seconds=min_seconds, check_audio=check_audio))
@@ -293,8 +175,8 @@ def build_dataset(name: str, out_dir: str | Path, strict: bool = False, *,
                 row["duration"] = round(n_samples / 16000, 3)
                 if max_seconds is not None and row["duration"] >= max_seconds - 1e-3:
                     report.at_max_seconds += 1
-                    if _longer_than(row["audio"], max_seconds):
-                        row = _store_capped(row, wave, audio_root, item_id)
+                    if longer_than(row["audio"], max_seconds):
+                        row = store_capped(row, wave, audio_root, item_id)
                         report.capped += 1
             seen.add(item_id)
             if split not in writers:
@@ -336,44 +218,6 @@ def _top_skip(report: BuildReport) -> str:
     reason, v = max(report.skipped.items(), key=lambda kv: kv[1]["count"])
     ex = v["examples"][0] if v["examples"] else {"id": "", "detail": ""}
     return f"; most skipped as {reason} ({v['count']}), e.g. {ex['id']!r}: {ex['detail']}"
-
-
-def _longer_than(path: str, seconds: float) -> bool:
-    """Whether the source file holds more than ``seconds`` (True when its header is unread)."""
-    import soundfile as sf
-
-    try:
-        return sf.info(str(path)).duration > seconds + 1e-6
-    except Exception:
-        return True
-
-
-def _store_capped(row: dict, wave: Any, audio_root: Path, item_id: str) -> dict:
-    """``row`` pointing at a copy of its clip cut to what ``load_audio`` kept.
-
-    The truncated clip is written once at build time (16 kHz mono FLAC) under
-    ``audio/capped/`` (a folder the builders never write, so no name meets theirs), so every
-    later reader gets the row's ``duration`` whatever cap it applies. The full-length file the
-    builder wrote under this row's name is removed (other rows' hard links to the same bytes
-    keep theirs); a source file outside the dataset folder stays.
-    """
-    import os
-
-    import soundfile as sf
-
-    from audsemthinker.audio import SAMPLE_RATE
-    from audsemthinker.data.examples import map_audio
-    from audsemthinker.data.paths import safe_name
-
-    old = Path(row["audio"])
-    new = audio_root / "capped" / f"{safe_name(item_id)}.flac"
-    new.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new.with_name(new.name + ".tmp")
-    sf.write(str(tmp), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, new)
-    if old.resolve().parent == audio_root:
-        old.unlink(missing_ok=True)
-    return map_audio(row, lambda p: str(new) if Path(p) == old else p)
 
 
 def _progress(stack: ExitStack, enabled: bool, name: str):

@@ -24,7 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from audsemthinker import format as fmt
 from audsemthinker.eval import scoring
-from audsemthinker.eval.generate import (  # noqa: F401  (accuracy_of, generate_answers: API)
+from audsemthinker.eval.benchmark_scores import (
+    mmau_submission,
+    muchomusic_outputs,
+    score_accuracy,
+    score_benchmark,
+    score_variants,
+)
+from audsemthinker.eval.generate import (
     accuracy_of,
     decoding_dict,
     decoding_from,
@@ -33,7 +40,11 @@ from audsemthinker.eval.generate import (  # noqa: F401  (accuracy_of, generate_
     make_collator,
     prompt_row,
     row_audio,
-    row_correct,
+)
+from audsemthinker.eval.loading import (
+    LazyModel,
+    load_model,
+    model_info,
 )
 from audsemthinker.eval.lock import run_lock
 from audsemthinker.eval.predictions import PredictionStore
@@ -49,64 +60,26 @@ from audsemthinker.eval.settings import (
 from audsemthinker.eval.tables import write_reports, write_summary
 from audsemthinker.redact import redact
 
+__all__ = [
+    "LazyModel",
+    "accuracy_of",
+    "generate_answers",
+    "evaluate_benchmark",
+    "load_model",
+    "mmau_submission",
+    "model_info",
+    "muchomusic_outputs",
+    "predict",
+    "predict_benchmark",
+    "prompt_record",
+    "run_eval",
+    "score_accuracy",
+    "score_benchmark",
+    "score_variants",
+    "weights_info",
+]
+
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------
-def load_model(cfg: DictConfig, settings: EvalSettings):
-    """Load the thinker named by ``cfg.model`` (hub id or folder), plus ``eval.adapter`` if set.
-
-    Returns:
-        ``(model, processor)``; the model in eval mode on ``settings.device``.
-    """
-    import torch
-
-    from audsemthinker.config import to_dataclass
-    from audsemthinker.model.loader import ModelConfig, check_token_ids, load_thinker
-    from audsemthinker.model.processor import build_processor
-
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    mcfg = to_dataclass(cfg.model, ModelConfig)
-    model = load_thinker(mcfg, device=device)
-    processor = build_processor(mcfg.name_or_path)
-    check_token_ids(model, processor.tokenizer)
-    if settings.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, settings.adapter, is_trainable=False)
-        if settings.merge_adapter:
-            model = model.merge_and_unload()
-        log.info("evaluating adapter %s on %s", settings.adapter, mcfg.name_or_path)
-    return model.eval(), processor
-
-
-class _LazyModel:
-    """Loads the model on first use, so re-scoring a finished evaluation loads nothing."""
-
-    def __init__(self, cfg, settings, model=None, processor=None):
-        self.cfg, self.settings, self.pair = cfg, settings, None
-        if model is not None:
-            if processor is None:
-                raise ValueError("run_eval: pass the processor together with the model")
-            self.pair = (model.eval(), processor)
-        elif processor is not None:
-            raise ValueError("run_eval: a processor without a model")
-
-    def get(self):
-        if self.pair is None:
-            self.pair = load_model(self.cfg, self.settings)
-        return self.pair
-
-
-def model_info(cfg: DictConfig, settings: EvalSettings, label: str | None = None) -> dict:
-    """What was evaluated: the base (hub id or folder), the adapter, the dtype, and the label
-    of a model handed over in memory (whose weights the path alone does not name)."""
-    return {"name_or_path": str(cfg.model.name_or_path), "adapter": settings.adapter,
-            "dtype": str(cfg.model.get("dtype")), "in_memory": label}
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +129,7 @@ def _fingerprint(cfg, settings: EvalSettings, spec: BenchmarkSpec, rows_sha: str
 
 
 def predict_benchmark(name: str, spec: BenchmarkSpec, rows: list[dict], store: PredictionStore,
-                      lazy: _LazyModel, settings: EvalSettings,
+                      lazy: LazyModel, settings: EvalSettings,
                       prompt: PromptSettings | None = None) -> dict[str, str]:
     """Generate every row not yet in ``store``; return ``{id: reason}`` of excluded rows.
 
@@ -215,113 +188,10 @@ def prompt_record(rows: list[dict], template: str, settings: EvalSettings,
 
 
 # --------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------
-def score_accuracy(rows: list[Mapping], completions: Mapping[str, str]) -> dict:
-    """Option accuracy of our own rows (:func:`row_correct`), total and per ``task``.
-
-    Returns:
-        ``{benchmark, method, n_items, total, groups: {"task": {...}}}`` with ``accuracy`` in
-        percent, ``correct`` and ``n`` per cell; the total equals :func:`accuracy_of`.
-    """
-    total, groups = [0, 0], {}
-    for row in rows:
-        ok = row_correct(row, completions[row["id"]])
-        for t in (total, groups.setdefault(str(row.get("task", "all")), [0, 0])):
-            t[0] += ok
-            t[1] += 1
-
-    def cell(t):
-        return {"accuracy": 100.0 * t[0] / t[1] if t[1] else None, "correct": t[0], "n": t[1]}
-    out = {"benchmark": "accuracy", "method": "option_match", "n_items": len(rows),
-           "total": cell(total), "groups": {"task": {k: cell(v) for k, v in groups.items()}}}
-    if rows:  # the very function the SFT / GRPO held-out evaluation reports
-        out["total"]["accuracy"] = accuracy_of(rows, [completions[r["id"]] for r in rows])
-    return out
-
-
-def score_benchmark(spec: BenchmarkSpec, rows: list[dict],
-                    records: Mapping[str, dict]) -> dict | None:
-    """Score the rows with the benchmark's official rule; None without gold answers.
-
-    ``rows`` are all rows asked for, ``records`` the generated ones. MMAU leaves a row never
-    generated out of the denominator (counted as skipped), as its official script leaves out an
-    item without ``model_output``; MuchoMusic counts it unanswered (wrong). Our own rows are
-    scored over the generated ones.
-    """
-    if spec.scorer == "mmau":
-        if rows and not any(str(r.get("answer") or "").strip() for r in rows):
-            return None  # MMAU test: answers withheld, the server scores the submission
-        return scoring.score_mmau(rows, {i: r["prediction"] for i, r in records.items()})
-    if spec.scorer == "muchomusic":
-        return scoring.score_muchomusic(rows, muchomusic_outputs(records))
-    return score_accuracy([r for r in rows if r["id"] in records],
-                          {i: r["completion"] for i, r in records.items()})
-
-
-def muchomusic_outputs(records: Mapping[str, dict]) -> dict[str, str]:
-    """The text each MuchoMusic pick reads: the ``<answer>`` content (whole text if absent)."""
-    return {i: fmt.extract_answer(r["completion"]) for i, r in records.items()}
-
-
-def score_variants(spec: BenchmarkSpec, rows: list[dict], records: Mapping[str, dict],
-                   judge_cache: Path | None = None) -> dict:
-    """Other readings reported beside the official score.
-
-    For MuchoMusic: the word-boundary letter pick (``word_boundary``) and, when ``spec.judge``
-    is set, the LLM judge by AudioBench's protocol (``llm_judge``, verdicts cached per item in
-    ``judge_cache``, the judge model and endpoint recorded). None for the other scorers.
-    """
-    if spec.scorer != "muchomusic":
-        return {}
-    outputs = muchomusic_outputs(records)
-    out = {"word_boundary": scoring.score_muchomusic(rows, outputs, pick="word_boundary")}
-    if spec.judge:
-        from audsemthinker.eval.judge import judge_muchomusic
-        from audsemthinker.judge import JudgeClient
-
-        settings = dict(spec.judge)
-        protocol = settings.pop("protocol", "binary")
-        out["llm_judge"] = judge_muchomusic(rows, outputs, JudgeClient(**settings), judge_cache,
-                                            protocol=protocol)
-    return out
-
-
-_MMAU_KEYS = ("id", "audio_id", "question", "choices", "answer", "dataset", "task", "split",
-              "category", "sub-category", "difficulty")
-
-
-def mmau_submission(spec: BenchmarkSpec, rows: list[dict], records: Mapping[str, dict]) -> list:
-    """The MMAU submission: each item plus ``model_output`` and ``model_prediction`` (same value).
-
-    Items come from the official metadata file when ``spec.metadata`` is set (verbatim), else
-    from the rows' MMAU fields. An item never generated (excluded audio) carries neither key,
-    which the official script skips; an empty answer is written as ``""``, which it scores
-    wrong, so its printed accuracy equals ours.
-    """
-    if spec.metadata and Path(spec.metadata).suffix == ".json":
-        import json
-
-        items = json.loads(Path(spec.metadata).read_text(encoding="utf-8"))
-        wanted = {r["id"] for r in rows}
-        items = [it for it in items if str(it.get("id")) in wanted]
-    else:
-        items = [{k: r[k] for k in _MMAU_KEYS if k in r} for r in rows]
-    out = []
-    for item in items:
-        item = dict(item)
-        pred = records.get(str(item["id"]), {}).get("prediction")
-        if pred is not None:
-            item["model_output"] = item["model_prediction"] = pred
-        out.append(item)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Entry
 # --------------------------------------------------------------------------------------------
 def evaluate_benchmark(name: str, spec: BenchmarkSpec, cfg, settings: EvalSettings,
-                       lazy: _LazyModel, out_dir: Path, label: str | None = None,
+                       lazy: LazyModel, out_dir: Path, label: str | None = None,
                        prompt: PromptSettings | None = None) -> dict:
     """Predict (resuming), score, and write the result, reports and submission of one benchmark.
 
@@ -399,7 +269,7 @@ def run_eval(cfg: DictConfig, model=None, processor=None,
         raise ValueError("run_eval: give a label naming the in-memory model's weights (it is "
                          "recorded, and guards resuming against a different model)")
     out_dir = Path(settings.output_dir or cfg.run_dir)
-    lazy = _LazyModel(cfg, settings, model, processor)
+    lazy = LazyModel(cfg, settings, model, processor)
     prompt = resolve_prompt_settings(settings.prompt_from, settings.prompt_settings,
                                      (settings.adapter, str(cfg.model.name_or_path)))
     with run_lock(out_dir):  # a second evaluation of this folder would interleave predictions

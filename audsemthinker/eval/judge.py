@@ -101,6 +101,7 @@ def _read_cache(path: Path) -> dict[str, dict]:
     return out
 
 
+# Over 60 lines: one resumable judging pass (cache, verdicts, summary) kept in one place.
 def judge_muchomusic(items: list[Mapping], outputs: Mapping[str, str | None],
                      client: JudgeClient, cache_path: str | Path,
                      protocol: str = "binary") -> dict:

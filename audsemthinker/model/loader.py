@@ -93,14 +93,6 @@ def ensure_checkpoint(cfg: ModelConfig) -> str:
     return cfg.name_or_path
 
 
-def is_full_omni_folder(path: str | Path) -> bool:
-    """True if ``path`` is a local folder whose config is the full Omni model's."""
-    import json
-
-    cfg = Path(path) / "config.json"
-    return cfg.exists() and "thinker_config" in json.loads(cfg.read_text())
-
-
 def load_thinker(cfg: ModelConfig, device: str | torch.device | None = None):
     """Load ``Qwen2_5OmniThinkerForConditionalGeneration`` as the config says.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 
-import torch
 from torch import nn
 
 from audsemthinker.schemas import LoraSettings
@@ -129,21 +128,3 @@ def apply_lora(model: nn.Module, cfg: LoraSettings) -> nn.Module:
     return wrapped
 
 
-def lora_module_names(model: nn.Module) -> list[str]:
-    """Base-module names that carry a LoRA adapter (for tests and reports)."""
-    out = []
-    for name, m in model.named_modules():
-        if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict) and m.lora_A:
-            out.append(re.sub(r"^base_model\.model\.", "", name))
-    return out
-
-
-@torch.no_grad()
-def merged_copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict of a PEFT model with adapters merged, without mutating ``model``."""
-    import copy
-
-    m = copy.deepcopy(model)
-    if hasattr(m, "merge_and_unload"):
-        m = m.merge_and_unload()
-    return m.state_dict()

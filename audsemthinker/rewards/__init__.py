@@ -26,7 +26,6 @@ from audsemthinker.rewards.registry import (
     register,
 )
 from audsemthinker.rewards.semantic import (
-    covers_all_targets,
     get_semantic_consistency_reward,
     get_semantic_coverage_reward,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "available_rewards",
     "build_rewards",
     "completion_text",
-    "covers_all_targets",
     "get_accuracy_reward",
     "get_format_reward",
     "get_length_reward",

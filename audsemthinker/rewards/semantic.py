@@ -55,21 +55,6 @@ def elements_of(text: str) -> dict[str, list[str]]:
     return {k: xs for k, xs in found.items() if xs}
 
 
-def covers_all_targets(completion: Any, targets: Iterable[str] = fmt.CATEGORY_KEYS) -> bool:
-    """Whether every target category has at least one element (a metric).
-
-    Args:
-        completion: plain or conversational completion.
-        targets: category keys (:data:`format.CATEGORY_KEYS`).
-
-    Raises:
-        ValueError: unknown or empty targets.
-    """
-    targets = _check_targets(targets, "covers_all_targets")
-    found = elements_of(completion_text(completion))
-    return all(found.get(t) for t in targets)
-
-
 @register("semantic_coverage")
 def get_semantic_coverage_reward(targets: Iterable[str] | None = None,
                                  targets_by_task: Mapping[str, Iterable[str]] | None = None,

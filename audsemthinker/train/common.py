@@ -223,12 +223,6 @@ class ProcessorSaver(TrainerCallback):
 # --------------------------------------------------------------------------------------------
 # Resume
 # --------------------------------------------------------------------------------------------
-def is_complete_checkpoint(path: str | Path) -> bool:
-    """True if ``path`` can be resumed from (:func:`audsemthinker.integrity.checkpoint_problem`:
-    a readable ``trainer_state.json``, whole weight, optimizer and RNG files)."""
-    from audsemthinker.integrity import checkpoint_problem
-
-    return checkpoint_problem(path) is None
 
 
 def find_resume_checkpoint(run_dir: str | Path) -> str | None:

@@ -114,6 +114,7 @@ def _has_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer_config.json").exists()
 
 
+# Over 60 lines: the documented export steps in order, written atomically.
 def export_merged(adapter_or_run_dir: str | Path, base_cfg, out_dir: str | Path,
                   lora_cfg=None) -> Path:
     """Merge the adapter of a run into its base thinker and save a thinker-only folder.

@@ -1,7 +1,8 @@
 """GRPO of the thinker from a config: policy, reference, rewards, data, train, report.
 
 The trainer is :class:`~audsemthinker.train.grpo_audio.AudioGRPOTrainer` (each prompt's audio in
-generation and in every log-probability forward). This module only wires the config to it:
+generation and in every log-probability forward), or its fast subclass when a ``fast.grpo``
+switch is on (``grpo_fast_trainer.grpo_trainer_class``). This module only wires the config to it:
 
 - ``grpo_init`` (root key): the merged SFT export (thinker folder, ``scripts/export.py``) the
   policy starts from; null means ``cfg.model``. LoRA (``lora.preset``) adds a fresh adapter on
@@ -18,15 +19,9 @@ generation and in every log-probability forward). This module only wires the con
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,200 +32,52 @@ from audsemthinker.train.common import (
     json_safe,
     make_run_dir,
     rank0_generation_blocker,
-    read_metrics,
     resolve_resume,
     save_config,
     seed_everything,
 )
+from audsemthinker.train.grpo_config import (
+    COLUMNS,
+    DERIVED,
+    FORCED,
+    check_grpo_section,
+    grpo_args,
+    init_model_config,
+    load_policy,
+)
+from audsemthinker.train.grpo_curves import (
+    plot_rewards,
+    reward_keys,
+    reward_summary,
+)
+from audsemthinker.train.grpo_data import (
+    drop_unusable_audio,
+    grpo_rows,
+    to_dataset,
+    traced_reward,
+)
+
+__all__ = [
+    "COLUMNS",
+    "DERIVED",
+    "FORCED",
+    "build_grpo_trainer",
+    "check_grpo_section",
+    "drop_unusable_audio",
+    "grpo_args",
+    "grpo_rows",
+    "init_model_config",
+    "load_policy",
+    "plot_rewards",
+    "reward_keys",
+    "reward_summary",
+    "run_grpo",
+    "sampler_for_run",
+    "to_dataset",
+    "traced_reward",
+]
 
 log = logging.getLogger(__name__)
-
-FORCED = {"remove_unused_columns": False}
-"""GRPOConfig values the reward columns need; a config that sets them otherwise is an error."""
-DERIVED = {"output_dir": "run_dir", "report_to": "logging.wandb", "reward_weights": "reward"}
-"""GRPOConfig fields that come from elsewhere, and where from."""
-COLUMNS = ("id", "audio", "task", "variant", "question", "answer", "choices", "question_type",
-           "label", "source")
-"""Row columns handed to the rewards (besides ``prompt``) when the rows have them."""
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
-def check_grpo_section(cfg: DictConfig) -> dict:
-    """Check ``cfg.train.grpo`` and return it as a plain dict (entry points call it first).
-
-    Raises:
-        ConfigError: a key that is not a GRPOConfig field, one this trainer sets itself, or a
-            missing ``loss_type`` (TRL's default "dapo" is not the paper's "grpo": say which).
-    """
-    from trl import GRPOConfig
-
-    from audsemthinker.config import ConfigError, check_trainer_section
-
-    section = OmegaConf.to_container(cfg.train.grpo, resolve=True) or {}
-    check_trainer_section(section, GRPOConfig, "train.grpo", DERIVED, FORCED,
-                          "the answer/choices columns never reach the rewards")
-    if "loss_type" not in section:
-        raise ConfigError("train.grpo.loss_type: set it explicitly (the paper: grpo; TRL's "
-                          "default is dapo)")
-    return section
-
-
-def grpo_args(cfg: DictConfig, run_dir: Path, report_to: list[str], weights: list[float]):
-    """``trl.GRPOConfig`` from ``cfg.train.grpo`` plus run folder, wandb and reward weights.
-
-    Gradient checkpointing follows ``model.gradient_checkpointing`` unless the section sets
-    ``activation_checkpointing`` (or its deprecated alias ``gradient_checkpointing``).
-    """
-    from trl import GRPOConfig
-
-    section = check_grpo_section(cfg)
-    if "activation_checkpointing" not in section and "gradient_checkpointing" not in section:
-        section["activation_checkpointing"] = bool(cfg.model.get("gradient_checkpointing", False))
-    return GRPOConfig(**section, **FORCED, output_dir=str(run_dir), report_to=report_to,
-                      reward_weights=list(weights))
-
-
-def init_model_config(cfg: DictConfig):
-    """The ``ModelConfig`` the policy starts from: ``grpo_init`` if set, else ``cfg.model``."""
-    from audsemthinker.config import to_dataclass
-    from audsemthinker.model.loader import ModelConfig
-
-    mcfg = to_dataclass(cfg.model, ModelConfig)
-    init = cfg.get("grpo_init")
-    if init:
-        if not (Path(str(init)) / "config.json").exists():
-            raise FileNotFoundError(f"grpo_init={init}: no config.json there; point it at a "
-                                    "merged SFT export (scripts/export.py)")
-        mcfg = dataclasses.replace(mcfg, name_or_path=str(init), tiny=False)
-    return mcfg
-
-
-def load_policy(cfg: DictConfig, beta: float):
-    """Policy (LoRA or full), reference (full fine-tuning with beta > 0 only) and processor.
-
-    Returns:
-        ``(model, ref_model_or_None, processor, model_config)``.
-    """
-    from audsemthinker.config import to_dataclass
-    from audsemthinker.model.loader import check_token_ids, load_thinker
-    from audsemthinker.model.lora import LoraSettings, apply_lora
-    from audsemthinker.model.processor import build_processor
-
-    mcfg = init_model_config(cfg)
-    if mcfg.tiny and mcfg.pretrain:
-        from audsemthinker.train.sft import run_sft
-        from audsemthinker.train.tiny_base import ensure_pretrained
-
-        ensure_pretrained(mcfg.name_or_path, mcfg.pretrain, train=run_sft)
-    model = load_thinker(mcfg)
-    tok_dir = mcfg.name_or_path
-    if cfg.get("grpo_init") and not (Path(tok_dir) / "tokenizer_config.json").exists():
-        log.warning("%s has no tokenizer files; using %s's", tok_dir, cfg.model.name_or_path)
-        tok_dir = str(cfg.model.name_or_path)
-    processor = build_processor(tok_dir)
-    check_token_ids(model, processor.tokenizer)
-    lora = to_dataclass(cfg.lora, LoraSettings)
-    ref = load_thinker(mcfg) if lora.preset == "none" and beta != 0.0 else None
-    return apply_lora(model, lora), ref, processor, mcfg
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-def grpo_rows(rows: Sequence[Mapping]) -> list[dict]:
-    """Rows as GRPO needs them: ``prompt`` (system + user, audio part) plus the reward columns.
-
-    SFT rows work too: their trailing assistant turn is dropped. ``choices`` stays None on
-    rows that are not multiple choice.
-
-    Raises:
-        ValueError: a row with neither ``prompt`` nor ``messages``, or without an answer.
-    """
-    from audsemthinker.data.collate import clean_messages, prompt_of
-
-    keep = [c for c in COLUMNS if any(c in r for r in rows)]
-    out = []
-    for r in rows:
-        if r.get("answer") is None:
-            raise ValueError(f"row {r.get('id')!r} has no 'answer': the rewards need one")
-        out.append({**{c: r.get(c) for c in keep}, "prompt": clean_messages(prompt_of(r))})
-    return out
-
-
-def drop_unusable_audio(rows: Sequence[Mapping],
-                        max_seconds: float | None = None) -> tuple[list[Mapping], dict]:
-    """Rows whose every clip loads as training will load it, and the skips.
-
-    A GRPO prompt whose clip cannot load would stop the run mid-step (its group cannot be
-    dropped from a generation batch), so each distinct clip is decoded in full before training
-    with :func:`audsemthinker.audio.load_audio` and the trainer's cap: a header check alone
-    passes a file cut mid-stream, NaN/inf samples, silence and near-silence. Clips are read on
-    a few threads (decoding releases the GIL); a clip costs at most ``max_seconds`` of decoding.
-
-    Returns:
-        ``(kept_rows, {"rows": n skipped, "by_reason": {...}, "ids": first 20 ids})``.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from audsemthinker.audio import AudioError, load_audio
-    from audsemthinker.data.collate import audio_paths, prompt_of
-
-    def problem(path: str) -> str | None:
-        try:
-            load_audio(path, max_seconds=max_seconds)
-        except AudioError as e:
-            return e.reason
-        return None
-
-    paths = [audio_paths(r, prompt_of(r)) for r in rows]
-    unique = list(dict.fromkeys(p for ps in paths for p in ps))
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        verdict = dict(zip(unique, pool.map(problem, unique)))
-    kept, by_reason, ids = [], Counter(), []
-    for r, ps in zip(rows, paths):
-        reason = next(filter(None, (verdict[p] for p in ps)), None)
-        if reason is None:
-            kept.append(r)
-            continue
-        by_reason[f"skipped:audio:{reason}"] += 1
-        ids.append(r.get("id"))
-    if ids:
-        log.warning("GRPO: %d training rows skipped before training, their audio is unusable "
-                    "(%s), e.g. %s", len(ids), dict(by_reason), ids[:5])
-    return kept, {"rows": len(ids), "by_reason": dict(by_reason), "ids": ids[:20]}
-
-
-def to_dataset(rows: Sequence[Mapping]):
-    from datasets import Dataset
-
-    return Dataset.from_list(list(rows))
-
-
-def traced_reward(fn):
-    """``fn`` that also appends what it scored to ``<TRACE_ENV>.rank<N>.rewards`` (JSON lines).
-
-    The multi-process debug hook (``audsemthinker.train.sft.TRACE_ENV``): a reward function
-    runs on the rank that generated the completions, before TRL gathers the rewards, so one
-    line per call (``step`` = global step when scored, ``reward`` name, row ``ids`` and
-    ``values`` per completion) shows which prompts each rank generated for and what they scored.
-    """
-    from audsemthinker.train.sft import trace_path
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        values = fn(*args, **kwargs)
-        state = kwargs.get("trainer_state")
-        record = {"step": getattr(state, "global_step", None), "reward": fn.__name__,
-                  "ids": list(kwargs.get("id") or []),
-                  "values": [None if v is None else float(v) for v in values]}
-        with trace_path("rewards").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        return values
-
-    return wrapper
-
 
 # --------------------------------------------------------------------------------------------
 # Trainer
@@ -251,6 +98,7 @@ def sampler_for_run(cfg: DictConfig):
     return settings
 
 
+# Over 60 lines: the config wired to the trainer in the order each part is validated.
 def build_grpo_trainer(cfg: DictConfig):
     """Build the :class:`AudioGRPOTrainer` for ``cfg`` (nothing is trained yet).
 
@@ -266,6 +114,7 @@ def build_grpo_trainer(cfg: DictConfig):
     from audsemthinker.rewards.overlong import overlong_setup
     from audsemthinker.schemas import fast_settings, grpo_options, think_budget
     from audsemthinker.train.grpo_audio import AudioGRPOTrainer
+    from audsemthinker.train.grpo_fast_trainer import grpo_trainer_class
     from audsemthinker.train.judge_log import JudgeStatsCallback
     from audsemthinker.train.sft import (
         TRACE_ENV,
@@ -300,13 +149,16 @@ def build_grpo_trainer(cfg: DictConfig):
         raise FileNotFoundError(f"no training row at {split_file(cfg, 'train')} has usable "
                                 f"audio: {skipped}")
     model, ref, processor, mcfg = load_policy(cfg, args.beta)
-    trainer = AudioGRPOTrainer(
+    fast = fast_settings(cfg).grpo
+    trainer_class = grpo_trainer_class(fast)
+    trainer = trainer_class(
         model=model, reward_funcs=funcs, args=args, ref_model=ref,
         train_dataset=to_dataset(grpo_rows(rows["train"])), processing_class=processor,
         callbacks=[JudgeStatsCallback(funcs), MetricsLogger(run_dir), ProcessorSaver(processor)]
         + ([trace_callback()] if trace else []),
         max_audio_seconds=audio_cap(cfg),
-        fast=fast_settings(cfg).grpo, sampler=sampler_for_run(cfg), options=options)
+        sampler=sampler_for_run(cfg), options=options,
+        **({} if trainer_class is AudioGRPOTrainer else {"fast": fast}))
     check_sharded(trainer)
     info = dict(run_dir=run_dir, processor=processor, rows=rows, model_config=mcfg,
                 reward_names=[f.__name__ for f in funcs], skipped_rows=skipped)
@@ -317,60 +169,9 @@ def build_grpo_trainer(cfg: DictConfig):
 
 
 # --------------------------------------------------------------------------------------------
-# Reward curves
-# --------------------------------------------------------------------------------------------
-def reward_keys(records: Sequence[Mapping]) -> list[str]:
-    """``reward`` (the weighted total) then every ``rewards/<name>/mean`` in the log."""
-    keys = sorted({k for r in records for k in r if k.startswith("rewards/") and
-                   k.endswith("/mean")})
-    return (["reward"] if any("reward" in r for r in records) else []) + keys
-
-
-def reward_summary(metrics_path: str | Path) -> dict:
-    """Per reward: points logged, first/last value, and the mean of the first and last quarter."""
-    records = read_metrics(metrics_path)
-    out = {}
-    for key in reward_keys(records):
-        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        if not pts:
-            continue
-        vals = [v for _, v in pts]
-        q = max(1, len(vals) // 4)
-        name = "total" if key == "reward" else key.split("/")[1]
-        out[name] = {"points": len(vals), "first": vals[0], "last": vals[-1],
-                     "first_quarter_mean": sum(vals[:q]) / q,
-                     "last_quarter_mean": sum(vals[-q:]) / q, "steps": [s for s, _ in pts],
-                     "values": vals}
-    return out
-
-
-def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> Path | None:
-    """One panel per reward (total first) against the step; None when nothing was logged."""
-    records = read_metrics(metrics_path)
-    keys = [k for k in reward_keys(records) if any(r.get(k) is not None for r in records)]
-    if not keys:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        ax.plot(*zip(*pts), marker=".")
-        ax.set_title("total reward" if key == "reward" else key.split("/")[1])
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return Path(png_path)
-
-
-# --------------------------------------------------------------------------------------------
 # Run
 # --------------------------------------------------------------------------------------------
+# Over 60 lines: the run's stages in order (held-out, train, save, report), rank-aware.
 def run_grpo(cfg: DictConfig) -> dict:
     """Train (resuming when ``cfg.resume`` says so), save, score held-out rows, report.
 

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -25,33 +26,12 @@ from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
+from audsemthinker.model.features import trim_features
 from audsemthinker.model.tokens import PLACEHOLDER_TOKENS, audio_tokens_for_frames
 from audsemthinker.schemas import GRPOFast, GRPOOptions, SamplerSettings
 from audsemthinker.train.dynamic_sampling import DynamicSampler
-from audsemthinker.train.grpo_fast import (
-    Setup,
-    generate_replaced,
-    grouped_shuffle,
-    log_once,
-    loop_generate,
-    off_reasons,
-)
 from audsemthinker.train.grpo_stats import RoundRecorder
-from audsemthinker.train.prefix_share import shared_prompt_blocker
-from audsemthinker.train.rollout import (
-    AudioEncodingCache,
-    LoraSnapshot,
-    install_audio_dedup,
-    lora_layers,
-    merged_lora,
-    same_tower,
-)
 from audsemthinker.train.sampler_mismatch import SamplerMismatch
-from audsemthinker.train.shared_scoring import (
-    head_unsupported,
-    shared_logps_and_entropies,
-    trim_features,
-)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +75,7 @@ class AudioRows:
 class _AddAudio:
     """Calls ``model`` with one chunk's audio features added to TRL's own keyword arguments."""
 
+    # Over 60 lines: TRL's constructor wrapped: each refused setup is one check before it.
     def __init__(self, model, audio: dict[str, torch.Tensor]):
         self.model, self.audio = model, audio
 
@@ -114,8 +95,25 @@ def prompt_audio_paths(prompt: Sequence[dict]) -> list[str]:
     return [path for m in prompt for path in _audio_part(m.get("content"))]
 
 
+@contextlib.contextmanager
+def generate_replaced(model, generate):
+    """``model.generate`` is ``generate`` inside the block (an instance attribute; one that was
+    there before, e.g. a test's spy, is put back after)."""
+    before = model.__dict__.get("generate")
+    model.generate = generate
+    try:
+        yield
+    finally:
+        del model.generate
+        if before is not None:
+            model.generate = before
+
+
 class AudioGRPOTrainer(GRPOTrainer):
-    """``trl.GRPOTrainer`` for the Qwen2.5-Omni thinker with per-row audio.
+    """``trl.GRPOTrainer`` for the Qwen2.5-Omni thinker with per-row audio (no fast path).
+
+    ``grpo_fast_trainer.FastAudioGRPOTrainer`` adds the ``fast.grpo`` paths on top; this class
+    is what ``fast=stock`` runs, and it reports every switch off.
 
     Pinned to trl 1.16.0. Overridden methods and why:
 
@@ -126,15 +124,10 @@ class AudioGRPOTrainer(GRPOTrainer):
       docs/pitfalls.md) or, for a model that is already a ``PeftModel``, copy the adapter into a
       "ref" adapter. Here the reference is the base with the adapter disabled (LoRA) or the
       ``ref_model`` we are given (full fine-tuning), prepared as TRL prepares its own.
-    Not a method: with ``fast.grpo.audio_dedup`` / ``audio_cache`` the inner thinker's
-    ``get_audio_features`` is replaced on the instance (``rollout.AudioDedup``), so every pass
-    encodes each distinct clip once and, with a frozen tower, once per generation batch.
-
     - ``_tokenize_prompts`` (private): renders each prompt, loads its audio with
       ``audsemthinker.audio.load_audio``, and runs the processor once, so the prompt ids carry
       exactly as many <|AUDIO|> tokens as the features produce; the features go to ``generate``.
-    - ``_generate_and_score_completions`` (private): empties the audio cache (a new generation
-      batch starts), then scores one round (``_score_round``) or, with
+    - ``_generate_and_score_completions`` (private): scores one round (``_score_round``) or, with
       ``grpo.dynamic_sampling``, as many rounds as ``dynamic_sampling.DynamicSampler`` needs.
       ``_score_round`` wraps TRL's method: the features of its batch are active for the
       old-policy and reference forwards inside it and are added to the returned batch dict,
@@ -143,19 +136,9 @@ class AudioGRPOTrainer(GRPOTrainer):
       only reads (each round's gathered rewards, think-word statistics).
     - ``_compute_loss`` (private): makes the batch's features active for the policy forward.
     - ``_get_per_token_logps_and_entropies`` (private): while features are active, runs TRL's
-      own method chunk by chunk through a wrapper that adds that chunk's rows of features. With
-      ``fast.grpo.shared_prompt`` it first tries ``shared_scoring.shared_logps_and_entropies``
-      (each prompt run once, TRL's own log-prob kernel as the head), where the pass allows it.
-    - ``_prepare_inputs`` (private): with ``fast.grpo.group_batches``, TRL's own method with its
-      row shuffle swapped for a prompt-group shuffle (``grpo_fast.grouped_shuffle``).
-    - ``_generate_single_turn`` (private): with ``fast.grpo.merged_rollouts``, runs TRL's own
-      generation with the LoRA merged into the base weights (``rollout.merged_lora``; the base
-      is restored bit-exactly from a snapshot taken at the first rollout). It is the narrowest
-      method around ``generate`` only: the log-prob passes and the reward calls stay outside.
-      Off under ZeRO-3 and FSDP (sharded weights) and for full fine-tuning. With
-      ``fast.grpo.decode_loop`` the ``generate`` call inside it runs ``decode.sample_shared``
-      (each prompt prefilled once; ``grpo_fast.generate_replaced``), also off under ZeRO-3 and
-      FSDP. Which switches cannot run here, and why, is ``grpo_fast.off_reasons``.
+      own method chunk by chunk through a wrapper that adds that chunk's rows of features.
+    - ``_generate_single_turn`` (private): TRL's own generation; with the sampler recorder on,
+      its ``generate`` call records the sampled tokens' log-probs (:func:`generate_replaced`).
     - Sampler/trainer mismatch (``sampler_mismatch.SamplerMismatch``, ``sampler`` config):
       ``_generate_single_turn`` returns the log-probs the sampler recorded (decode loop or
       ``generate`` with scores) where TRL's transformers path returns None, and TRL's vLLM
@@ -166,9 +149,14 @@ class AudioGRPOTrainer(GRPOTrainer):
       processor files (``save_processor``) beside it.
     """
 
+    fast = GRPOFast(merged_rollouts=False, audio_dedup=False, audio_cache=False,
+                    decode_loop=False, shared_prompt=False, group_batches=False)
+    fast_off = MappingProxyType({})
+    audio_cache = audio_dedup = None
+
     def __init__(self, model, reward_funcs, args, train_dataset=None, eval_dataset=None,
                  processing_class=None, ref_model=None, max_audio_seconds: float | None = None,
-                 fast: GRPOFast | None = None, sampler: SamplerSettings | None = None,
+                 sampler: SamplerSettings | None = None,
                  options: GRPOOptions | None = None, **kwargs):
         """Build the trainer.
 
@@ -183,7 +171,6 @@ class AudioGRPOTrainer(GRPOTrainer):
             ref_model: the reference for full fine-tuning with beta > 0 (load it with
                 ``load_thinker`` from the policy's folder); must be None with LoRA.
             max_audio_seconds: clip audio longer than this when loading (None: keep all).
-            fast: the ``fast.grpo`` switches (``audsemthinker.schemas``); None: all on.
             sampler: sampler/trainer mismatch measurement and correction
                 (``audsemthinker.train.sampler_mismatch``); None: the defaults.
             options: the ``grpo`` group (``audsemthinker.schemas.GRPOOptions``): dynamic sampling
@@ -231,65 +218,21 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.beta = beta
         if beta != 0.0 and ref_model is not None:
             self.ref_model = self._prepare_ref_model(ref_model)
-        self._setup_fast(fast if fast is not None else GRPOFast())
         self.mismatch = SamplerMismatch(self, sampler or SamplerSettings())
         self._setup_options(options)
 
-    # ---------------------------------------------------------------------------------------
-    # Fast paths: the decisions and swaps live in grpo_fast.py
-    # ---------------------------------------------------------------------------------------
-    def _setup_fast(self, fast: GRPOFast) -> None:
-        """Install the ``fast.grpo`` paths that apply here; log why any is off.
-
-        ``audio_cache`` works inside the dedup wrapper, so it installs that wrapper too.
-        """
-        self.fast = fast
-        args = self.args
-        self.fast_off = off_reasons(fast, Setup(
-            sharded=self._dist.is_zero3 or self.is_fsdp_enabled,
-            wrapped=self.accelerator.num_processes > 1 or self.is_deepspeed_enabled
-            or self.is_fsdp_enabled,
-            lora=bool(lora_layers(self.model)), checkpointing=bool(args.gradient_checkpointing),
-            loss_type=self.loss_type, steps_per_generation=args.steps_per_generation,
-            gradient_accumulation_steps=args.gradient_accumulation_steps))
-        self.shared_prompt_stats = {"passes": 0, "rows": 0, "prompt_forwards": 0}
-        self.decode_loop_stats = {"calls": 0}
-        self._logged: set[str] = set()
-        self._lora_snapshot: LoraSnapshot | None = None
-        self.audio_cache = AudioEncodingCache() if fast.audio_cache else None
-        self.audio_dedup = None
-        if fast.audio_dedup or fast.audio_cache:
-            self.audio_dedup = install_audio_dedup(self.model, self.audio_cache)
-            if self.ref_model is not None:  # full FT: the separately loaded reference
-                ref = self.accelerator.unwrap_model(self.ref_model)
-                # One cache serves both only when the towers are bit-identical (checked once;
-                # under ZeRO-3 the shards cannot be compared here, so the reference gets none).
-                shared = self.audio_cache if self.audio_cache is not None and \
-                    not self._dist.is_zero3 and same_tower(self.model, ref) else None
-                install_audio_dedup(ref, shared)
-
-    def _fast_on(self, switch: str) -> bool:
-        return getattr(self.fast, switch) and switch not in self.fast_off
-
-    def _prepare_inputs(self, generation_batch):
-        with grouped_shuffle() if self._fast_on("group_batches") else contextlib.nullcontext():
-            return super()._prepare_inputs(generation_batch)
+    def _rollout_swaps(self, stack: contextlib.ExitStack, model) -> None:
+        """Enter the swaps around TRL's ``generate`` call: here the sampler's recorder."""
+        recorder = self.mismatch.recorder
+        if recorder is not None:
+            stack.enter_context(generate_replaced(
+                model, lambda **kw: recorder.generate(model, **kw)))
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
                               has_tool_images=False):
         model = self.accelerator.unwrap_model(self.model_wrapped)
-        recorder = self.mismatch.recorder
         with contextlib.ExitStack() as stack:
-            if self._fast_on("merged_rollouts"):
-                if self._lora_snapshot is None:  # first rollout: after any checkpoint loaded
-                    self._lora_snapshot = LoraSnapshot(model)
-                stack.enter_context(merged_lora(model, self._lora_snapshot))
-            if self._fast_on("decode_loop"):
-                stack.enter_context(generate_replaced(model, loop_generate(
-                    model, self.fast, self._logged, self.decode_loop_stats, recorder)))
-            elif recorder is not None:
-                stack.enter_context(generate_replaced(
-                    model, lambda **kw: recorder.generate(model, **kw)))
+            self._rollout_swaps(stack, model)
             ids, _ = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
                                                    num_generations, has_tool_images)
         return ids, self.mismatch.generated(self, ids)
@@ -370,8 +313,6 @@ class AudioGRPOTrainer(GRPOTrainer):
             self.dynamic_sampler = DynamicSampler(options.dynamic_sampling, self)
 
     def _generate_and_score_completions(self, inputs):
-        if self.audio_cache is not None:
-            self.audio_cache.clear()
         if self.dynamic_sampler is not None and self.model.training:
             return self.dynamic_sampler.fill(self, inputs)
         return self._score_round(inputs)
@@ -422,11 +363,6 @@ class AudioGRPOTrainer(GRPOTrainer):
         dtype = self.accelerator.unwrap_model(model).dtype
         n = input_ids.size(0)
         batch_size = batch_size or n
-        if not compute_aux_loss:
-            shared = self._shared_prompt_pass(model, input_ids, attention_mask, logits_to_keep,
-                                              batch_size, compute_entropy, audio, dtype)
-            if shared is not None:
-                return shared
         logps, entropies, aux = [], [], []
         for start in range(0, n, batch_size):
             end = min(start + batch_size, n)
@@ -439,35 +375,3 @@ class AudioGRPOTrainer(GRPOTrainer):
             aux.append(ax)
         return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
                 torch.stack(aux).mean() if compute_aux_loss else None)
-
-    def _shared_prompt_pass(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
-                            compute_entropy, audio: AudioRows, dtype):
-        """``fast.grpo.shared_prompt``: TRL's outputs with each prompt run once, or None.
-
-        None (the caller runs TRL's pass) when the switch is off, when this pass cannot share
-        (logged once per reason: a DDP/DeepSpeed-wrapped policy, gradient checkpointing with
-        gradients, ZeRO-3/FSDP shards), or when no two rows of the pass share a prompt.
-        """
-        if not self.fast.shared_prompt:
-            return None
-        reason = None
-        if self._dist.is_zero3 or self.is_fsdp_enabled:
-            reason = "ZeRO-3/FSDP shard the weights"
-        reason = reason or shared_prompt_blocker(model) or head_unsupported(model)
-        if reason:
-            log_once(self._logged, "shared_prompt", "this pass uses TRL's forward", reason)
-            return None
-        with self.accelerator.autocast():
-            out = shared_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature,
-                max_rows=batch_size, compute_entropy=compute_entropy,
-                cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
-                input_features=audio.input_features, feature_attention_mask=
-                audio.feature_attention_mask, feature_dtype=dtype)
-        if out is None:
-            return None
-        logps, entropies, stats = out
-        self.shared_prompt_stats["passes"] += 1
-        for key in ("rows", "prompt_forwards"):
-            self.shared_prompt_stats[key] += stats[key]
-        return logps, entropies, None

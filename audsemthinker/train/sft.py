@@ -15,16 +15,11 @@ the held-out accuracy), ``logging`` (wandb), ``resume``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from audsemthinker.eval.heldout import (  # noqa: F401 (tests patch them here)
     generate_completions,
@@ -42,196 +37,50 @@ from audsemthinker.train.common import (
     save_config,
     seed_everything,
 )
+from audsemthinker.train.sft_config import (
+    DERIVED,
+    FORCED,
+    audio_cap,
+    check_sft_section,
+    sft_args,
+)
+from audsemthinker.train.sft_data import (
+    SKIP_LOG,
+    RowLookup,
+    index_dataset,
+    load_split,
+    split_file,
+)
+from audsemthinker.train.trace import (
+    TRACE_ENV,
+    local_share,
+    trace_callback,
+    trace_path,
+    trainable_digest,
+)
+
+__all__ = [
+    "DERIVED",
+    "FORCED",
+    "RowLookup",
+    "SKIP_LOG",
+    "TRACE_ENV",
+    "audio_cap",
+    "build_sft_trainer",
+    "check_sft_section",
+    "index_dataset",
+    "load_model",
+    "load_split",
+    "local_share",
+    "run_sft",
+    "sft_args",
+    "split_file",
+    "trace_callback",
+    "trace_path",
+    "trainable_digest",
+]
 
 log = logging.getLogger(__name__)
-
-TRACE_ENV = "AUDSEM_LOG_BATCH_IDS"
-"""Debug hook for multi-process checks: when set to a path, each rank appends the row indices
-it collates to ``<path>.rank<N>`` and a hash of its trainable weights to
-``<path>.rank<N>.weights_begin`` at train start (after a resumed checkpoint is loaded) and to
-``<path>.rank<N>.weights`` at train end (and the share of trainable elements the rank holds to
-``<path>.rank<N>.share``); GRPO also appends each reward call to
-``<path>.rank<N>.rewards`` (``audsemthinker.train.grpo.traced_reward``)."""
-
-def trace_path(suffix: str = "") -> Path:
-    """This rank's file of the ``TRACE_ENV`` debug hook: ``<path>.rank<N>[.<suffix>]``."""
-    return Path(f"{os.environ[TRACE_ENV]}.rank{os.environ.get('RANK', '0')}"
-                + (f".{suffix}" if suffix else ""))
-
-
-SKIP_LOG = "skipped_rows.jsonl"
-"""Rows the training collator skipped (bad audio, over max_length), one JSON line each, from
-every DataLoader worker and rank; the report's ``skipped_rows`` totals it."""
-
-FORCED = {"remove_unused_columns": False}
-"""SFTConfig values the audio path needs; a config that sets them otherwise is an error."""
-DERIVED = {"output_dir": "run_dir", "report_to": "logging.wandb"}
-"""SFTConfig fields that come from elsewhere, and where from."""
-
-
-# --------------------------------------------------------------------------------------------
-# Pieces
-# --------------------------------------------------------------------------------------------
-def check_sft_section(cfg: DictConfig) -> dict:
-    """Check ``cfg.train.sft`` (keys are ``trl.SFTConfig`` fields; none this trainer sets) and
-    return it as a plain dict. Entry points call it at start-up, before any data or model work.
-
-    Raises:
-        ConfigError: a key that is not an SFTConfig field, or one this trainer sets itself.
-    """
-    from trl import SFTConfig
-
-    from audsemthinker.config import ConfigError, check_trainer_section
-
-    section = OmegaConf.to_container(cfg.train.sft, resolve=True) or {}
-    check_trainer_section(section, SFTConfig, "train.sft", DERIVED, FORCED,
-                          "the audio columns are dropped before the collator sees them")
-    if section.get("padding_free"):
-        raise ConfigError("train.sft.padding_free is TRL's switch for its own text collator, "
-                          "which this audio path does not use; set fast.sft.padding_free=true")
-    if (section.get("dataset_kwargs") or {}).get("skip_prepare_dataset") is False:
-        raise ConfigError("train.sft.dataset_kwargs.skip_prepare_dataset must stay true: TRL's "
-                          "preparation would tokenise the text without the audio")
-    return section
-
-
-def sft_args(cfg: DictConfig, run_dir: Path, report_to: list[str]):
-    """Build ``trl.SFTConfig`` from ``cfg.train.sft`` plus the values the audio path forces.
-
-    Gradient checkpointing follows ``model.gradient_checkpointing`` unless the section sets
-    ``activation_checkpointing`` (or its deprecated alias ``gradient_checkpointing``).
-
-    Raises:
-        ConfigError: see :func:`check_sft_section`.
-    """
-    from trl import SFTConfig
-
-    section = check_sft_section(cfg)
-    section["dataset_kwargs"] = {**(section.get("dataset_kwargs") or {}),
-                                 "skip_prepare_dataset": True}
-    if "activation_checkpointing" not in section and "gradient_checkpointing" not in section:
-        section["activation_checkpointing"] = bool(cfg.model.get("gradient_checkpointing", False))
-    return SFTConfig(**section, **FORCED, output_dir=str(run_dir), report_to=report_to)
-
-
-def split_file(cfg: DictConfig, split: str) -> Path:
-    """``<data.out_dir>/<split>.jsonl``."""
-    return Path(str(cfg.data.out_dir)) / f"{split}.jsonl"
-
-
-def load_split(cfg: DictConfig, split: str) -> list[dict]:
-    """Rows of one split (empty list when the split file does not exist)."""
-    from audsemthinker.data.examples import load_examples
-
-    path = split_file(cfg, split)
-    return load_examples(path) if path.exists() else []
-
-
-class RowLookup:
-    """Data collator over index datasets: ``[{"row": i}, ...]`` -> ``collator([rows[i], ...])``.
-
-    A batch whose every row is skipped does not stop the run: it is replaced by a stand-in
-    (the last batch that collated here, or the first row that collates) with every label
-    ignored, which the trainer turns into a zero loss that still runs the forward and backward
-    (``train.skipped_batch.guard_skipped_batches``), so a data-parallel rank never leaves the
-    others waiting in the gradient all-reduce. The stand-in is counted in the skip log as
-    ``batch:all_rows_skipped``.
-    """
-
-    def __init__(self, rows: Sequence[Mapping], collator):
-        self.rows, self.collator = rows, collator
-        self._last_good: list[int] | None = None
-
-    def __call__(self, items):
-        from audsemthinker.data.collate import AllRowsSkipped
-
-        ids = [int(it["row"]) for it in items]
-        if os.environ.get(TRACE_ENV):
-            with trace_path().open("a") as f:
-                f.write(" ".join(map(str, ids)) + "\n")
-        try:
-            batch = self.collator([self.rows[i] for i in ids])
-        except AllRowsSkipped as e:
-            return self._stand_in(e)
-        self._last_good = ids
-        return batch
-
-    def _stand_in(self, error: Exception) -> dict:
-        from audsemthinker.data.collate import IGNORE_INDEX, AllRowsSkipped
-
-        candidates = [self._last_good] if self._last_good else [[i] for i in range(len(self.rows))]
-        for ids in candidates:
-            try:
-                batch = self.collator([self.rows[i] for i in ids])
-            except AllRowsSkipped:
-                continue
-            batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
-            log.warning("%s: a zero-loss stand-in batch keeps this step (and the other ranks) "
-                        "going", error)
-            log_file = getattr(self.collator, "skip_log", None)
-            if log_file is not None:
-                with Path(log_file).open("a") as f:
-                    f.write(json.dumps({"id": None, "reason": "batch:all_rows_skipped"}) + "\n")
-            return batch
-        raise error
-
-
-def trainable_digest(model) -> str:
-    """sha256 over the trainable parameters (name, then bytes), in name order: equal on every
-    rank of a data-parallel run after each optimizer step. FSDP shards (DTensors) are gathered
-    first, a collective: every rank must call this at the same point."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
-            h.update(name.encode())
-            h.update(full.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def local_share(model) -> float:
-    """The fraction of the trainable elements this rank holds: 1.0 unsharded, about
-    1/world_size under FSDP."""
-    local = total = 0
-    for p in model.parameters():
-        if p.requires_grad:
-            local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-            total += p.numel()
-    return local / max(total, 1)
-
-
-def trace_callback():
-    """A callback writing :func:`trainable_digest` at train start and end (see ``TRACE_ENV``)."""
-    from transformers import TrainerCallback
-
-    class WeightTrace(TrainerCallback):
-        @staticmethod
-        def _write(suffix: str, model) -> None:
-            trace_path(suffix).write_text(trainable_digest(model) + "\n")
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            self._write("weights_begin", model)  # Trainer loads a resumed checkpoint before this
-            trace_path("share").write_text(f"{local_share(model)}\n")
-
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            self._write("weights", model)
-
-    return WeightTrace()
-
-
-def index_dataset(start: int, stop: int):
-    from datasets import Dataset
-
-    return Dataset.from_dict({"row": list(range(start, stop))})
-
-
-def audio_cap(cfg: DictConfig) -> float | None:
-    """Seconds of each clip training reads: the cap the data was built with
-    (``data.audio.max_seconds``, which configs take from the root ``max_audio_seconds``)."""
-    cap = OmegaConf.select(cfg, "data.audio.max_seconds", default=None)
-    if cap is None:
-        cap = OmegaConf.select(cfg, "max_audio_seconds", default=None)
-    return None if cap is None else float(cap)
 
 
 def load_model(cfg: DictConfig):
@@ -256,6 +105,7 @@ def load_model(cfg: DictConfig):
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
+# Over 60 lines: the config wired to the trainer in the order each part is validated.
 def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     """Build the ``SFTTrainer`` for ``cfg`` (nothing is trained yet).
 
@@ -272,11 +122,14 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         FileNotFoundError: no training rows at ``data.out_dir``.
     """
     from audsemthinker.data.collate import AudioCollator
-    from audsemthinker.model.compile import compile_decoder_layers
     from audsemthinker.model.lora import count_trainable
     from audsemthinker.schemas import fast_settings
-    from audsemthinker.train.packing import PackingCollator, check_packable
-    from audsemthinker.train.sft_fast import fast_trainer_kwargs, sft_trainer_class
+    from audsemthinker.train.sft_fast_trainer import (
+        fast_trainer_kwargs,
+        prepare_model,
+        sft_trainer_class,
+        train_collator,
+    )
     from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
     from audsemthinker.train.skipped_batch import guard_skipped_batches
 
@@ -291,11 +144,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         raise FileNotFoundError(f"no training rows at {split_file(cfg, 'train')}; build the "
                                 "dataset first (scripts/build_data.py)")
     model, processor = load_model(cfg)
-    if fast.padding_free:
-        check_packable(model)
-    if fast.compile_layers:
-        n = compile_decoder_layers(model)
-        log.info("fast.sft.compile_layers: %d decoder layers compiled", n)
+    prepare_model(model, fast)
     collator = AudioCollator(processor, pad_side="right", max_length=args.max_length,
                              audio_override=audio_override, skip_log=run_dir / SKIP_LOG,
                              max_audio_seconds=audio_cap(cfg))
@@ -309,9 +158,8 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     trainer_class = sft_trainer_class(fast)
     # Packed training batches; eval batches (and held-out generation) stay one row per example.
     packing = {"eval_data_collator": RowLookup(all_rows, collator)} if fast.padding_free else {}
-    train_collator = PackingCollator(collator) if fast.padding_free else collator
     trainer = trainer_class(
-        model=model, args=args, data_collator=RowLookup(all_rows, train_collator),
+        model=model, args=args, data_collator=RowLookup(all_rows, train_collator(fast, collator)),
         train_dataset=index_dataset(0, n_train),
         eval_dataset=index_dataset(n_train, len(all_rows)) if use_eval else None,
         # The tokenizer, not the processor: Trainer saves processing_class into every

@@ -27,8 +27,10 @@ from torch import nn
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
-from audsemthinker.train.prefix_share import group_rows, shared_prompt_hidden, unwrap_thinker
-from audsemthinker.train.rollout import group_equal_rows
+from audsemthinker.fast.prefix_share import group_rows, shared_prompt_hidden
+from audsemthinker.fast.rollout import group_equal_rows
+from audsemthinker.model.features import trim_features
+from audsemthinker.model.unwrap import unwrap_thinker
 
 
 def group_chunks(inverse: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
@@ -50,16 +52,6 @@ def group_chunks(inverse: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
     return chunks
 
 
-def trim_features(features: torch.Tensor, mask: torch.Tensor,
-                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Model kwargs for some rows' clips, cut to their own longest clip (frames past it are
-    padding for every row) and cast to ``dtype`` (the model's) when given."""
-    n = int(mask.sum(-1).max()) if mask.numel() else 0
-    feats = features[:, :, :n]
-    return {"input_features": feats if dtype is None else feats.to(dtype),
-            "feature_attention_mask": mask[:, :n]}
-
-
 def head_unsupported(model: nn.Module) -> str | None:
     """Why TRL's kernel, called with no softcap and unit logit scale, is not this model's head."""
     text_cfg = unwrap_thinker(model).config.get_text_config()
@@ -70,6 +62,7 @@ def head_unsupported(model: nn.Module) -> str | None:
     return None
 
 
+# Over 60 lines: one chunk loop over prompt groups; its arguments mirror TRL's pass.
 def shared_logps_and_entropies(model: nn.Module, input_ids: torch.Tensor,
                                attention_mask: torch.Tensor, logits_to_keep: int, *,
                                temperature: float, max_rows: int, compute_entropy: bool,

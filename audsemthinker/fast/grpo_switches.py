@@ -1,32 +1,18 @@
-"""Where ``AudioGRPOTrainer`` plugs the ``fast.grpo`` paths into TRL 1.16.
+"""Which ``fast.grpo`` switches can run in a setup, and the decode loop as a ``generate``.
 
-The paths themselves live in ``rollout.py`` (merged LoRA, audio dedup and cache), ``decode.py``
-(the rollout loop) and ``shared_scoring.py`` (one forward per prompt). This module holds the
-decisions and the two narrow swaps the trainer makes around TRL's own methods:
-
-- :func:`off_reasons`: which switches cannot run (or would not be exact) in this setup, and why;
-  a pure function of the setup, so every rule is tested without a trainer;
-- :func:`generate_replaced`: inside TRL's ``_generate_single_turn``, the call
-  ``unwrapped_model.generate(...)`` goes to our decode loop (an instance attribute on the model
-  for the duration; whatever was there before is restored);
-- :func:`grouped_shuffle`: inside TRL's ``_prepare_inputs``, the module-level
-  ``shuffle_sequence_dict`` it calls shuffles whole prompt groups instead of rows.
+Torch and transformers only (no trl): the fast GRPO trainer (``train/grpo_fast_trainer.py``)
+reads :func:`off_reasons` once and swaps :func:`loop_generate` in for ``model.generate``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
+from audsemthinker.fast.decode import decode_blocker, sample_shared
 from audsemthinker.schemas import GRPOFast
-from audsemthinker.train.decode import decode_blocker, sample_shared
-from audsemthinker.train.shared_scoring import group_shuffle
 
 log = logging.getLogger(__name__)
-
-GROUP_KEYS = ("prompt_ids", "prompt_mask", "input_features", "feature_attention_mask")
-"""The generation-batch entries that identify a prompt group (text and clip)."""
 
 
 @dataclass(frozen=True)
@@ -109,31 +95,3 @@ def loop_generate(model, fast: GRPOFast, seen: set[str], counter: dict, recorder
         return out[0]
 
     return generate
-
-
-@contextlib.contextmanager
-def generate_replaced(model, generate):
-    """``model.generate`` is ``generate`` inside the block (an instance attribute; one that was
-    there before, e.g. a test's spy, is put back after)."""
-    before = model.__dict__.get("generate")
-    model.generate = generate
-    try:
-        yield
-    finally:
-        del model.generate
-        if before is not None:
-            model.generate = before
-
-
-@contextlib.contextmanager
-def grouped_shuffle():
-    """TRL's generation-batch shuffle keeps prompt groups whole inside the block."""
-    import trl.trainer.grpo_trainer as trl_grpo  # TRL calls its module's function by name
-
-    row_shuffle = trl_grpo.shuffle_sequence_dict
-    trl_grpo.shuffle_sequence_dict = \
-        lambda d: group_shuffle(d, tuple(k for k in GROUP_KEYS if k in d))
-    try:
-        yield
-    finally:
-        trl_grpo.shuffle_sequence_dict = row_shuffle

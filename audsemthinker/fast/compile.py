@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from audsemthinker.model.unwrap import unwrap
+
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The language model's decoder layers of a thinker (or a PEFT model around one).
@@ -21,7 +23,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     Raises:
         ValueError: a model with neither layout.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model, peft=True, wrappers=False)
     backbone = getattr(inner, "model", None)
     text = getattr(backbone, "language_model", backbone)
     layers = getattr(text, "layers", None)

@@ -34,27 +34,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from audsemthinker.train.rollout import group_equal_rows
-
-THINKER_CLASS = "Qwen2_5OmniThinkerForConditionalGeneration"
-
-
-def unwrap_thinker(model: nn.Module) -> nn.Module:
-    """The thinker inside ``model`` (itself, or the base model of a PEFT wrapper).
-
-    LoRA layers are injected into the thinker's modules in place, so running the inner modules
-    directly keeps the adapter (and PEFT's ``disable_adapter`` context) in effect.
-
-    Raises:
-        NotImplementedError: anything but a thinker or a PEFT model around one.
-    """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if type(inner).__name__ != THINKER_CLASS:
-        raise NotImplementedError(
-            f"this path supports {THINKER_CLASS} or a PEFT model around it, got "
-            f"{type(model).__name__} (wrapping {type(inner).__name__}); unwrap DDP/FSDP first or "
-            "use the stock forward")
-    return inner
+from audsemthinker.fast.rollout import group_equal_rows
+from audsemthinker.model.unwrap import unwrap_thinker
 
 
 def _check_supported(thinker: nn.Module) -> None:

@@ -5,7 +5,7 @@ batches.
 only when its switch is on (:func:`sft_trainer_class` returns the plain ``SFTTrainer`` when all
 are off, so ``fast=stock`` is exactly stock TRL):
 
-- ``compute_loss`` (``chunked_ce``): :func:`audsemthinker.train.lm_loss.chunked_lm_loss` with
+- ``compute_loss`` (``chunked_ce``): :func:`audsemthinker.fast.lm_loss.chunked_lm_loss` with
   ``ce_chunk_tokens``, normalised like TRL (``num_items_in_batch``, times the process count when
   ``average_tokens_across_devices``). TRL 1.16's own SFT loss already avoids full logits (its
   ``add_fused_lm_head`` kernel); this path adds a configurable chunk over labelled positions only
@@ -16,7 +16,7 @@ are off, so ``fast=stock`` is exactly stock TRL):
   resumed run sees the same batches; accelerate shards its batches across ranks as it does the
   stock sampler's. Not exact: batches differ from the stock random ones, so the losses differ
   (rows of a batch share a length range, and so partly a task or source).
-- ``padding_free``: the training collator packs each batch (``train/packing.py``; wired in
+- ``padding_free``: the training collator packs each batch (``fast/packing.py``; wired in
   ``train/sft.py``). Both losses read packed batches as they are; ``compute_loss`` corrects the
   ``num_tokens`` metric, which TRL takes from ``position_ids.size(1)`` (1 for the thinker's
   ``[4, 1, T]`` positions), and ``get_eval_dataloader`` / ``get_test_dataloader`` use the
@@ -30,128 +30,14 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
-from torch.utils.data import Sampler
 from trl import SFTTrainer
 
-from audsemthinker.model.tokens import audio_tokens_for_frames
-from audsemthinker.train.lm_loss import chunked_lm_loss
-from audsemthinker.train.packing import is_packed
+from audsemthinker.fast.compile import compile_decoder_layers
+from audsemthinker.fast.length_groups import LengthGroupedEpochSampler, row_lengths
+from audsemthinker.fast.lm_loss import chunked_lm_loss
+from audsemthinker.fast.packing import PackingCollator, check_packable, is_packed
 
 log = logging.getLogger(__name__)
-
-FRAMES_PER_SECOND = 100  # mel frames per second of audio (hop 160 at 16 kHz)
-
-
-# --------------------------------------------------------------------------------------------
-# Lengths and the sampler
-# --------------------------------------------------------------------------------------------
-def _texts(messages: Sequence[Mapping]) -> str:
-    parts = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts += [str(p.get("text") or "") for p in content or [] if p.get("type") == "text"]
-    return "\n".join(parts)
-
-
-def row_lengths(rows: Sequence[Mapping], tokenizer) -> tuple[list[int], int]:
-    """Approximate tokens per SFT row: message text tokens plus audio placeholders.
-
-    Only the ordering matters (rows of similar length share a batch), so the chat template's
-    few fixed tokens are left out and the text is tokenised in one batched call.
-
-    Args:
-        rows: SFT rows (``messages``, ``duration`` in seconds).
-        tokenizer: the processor's tokenizer.
-
-    Returns:
-        ``(lengths, missing)``: one length per row, and how many rows had no ``duration``
-        (counted as no audio; the caller reports it).
-    """
-    texts = [_texts(r.get("messages") or []) for r in rows]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    lengths, missing = [], 0
-    for row, toks in zip(rows, ids):
-        secs = row.get("duration")
-        if secs is None:
-            missing += 1
-            secs = 0.0
-        audio = audio_tokens_for_frames(int(float(secs) * FRAMES_PER_SECOND)) if secs else 0
-        lengths.append(len(toks) + audio)
-    return lengths, missing
-
-
-def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
-    """Share of a padded batch's positions that are padding, over batches of ``order``."""
-    pad = total = 0
-    for start in range(0, len(order), batch_size):
-        batch = [lengths[i] for i in order[start:start + batch_size]]
-        total += max(batch) * len(batch)
-        pad += max(batch) * len(batch) - sum(batch)
-    return pad / total if total else 0.0
-
-
-LENGTH_JITTER_TOKENS = 64
-"""Random tokens added to each row's length before sorting (uniform in [0, 64), ~2.5 s of
-audio). Without it, rows whose lengths differ by a few text tokens are sorted by those tokens;
-when that correlates with the target (``"low"`` vs ``"high"``), whole batches hold one class and
-the tiny pitch run drops from 100% to 33% held-out accuracy. With it, near-equal rows stay in
-random order and a batch pads at most ~64 tokens more than an exact sort would."""
-
-
-class LengthGroupedEpochSampler(Sampler):
-    """Rows of similar length next to each other, a fresh random grouping per epoch.
-
-    The epoch is a random permutation cut into mega-batches (``min(50, n // (4 x group))``
-    groups each, as transformers' ``LengthGroupedSampler``), each sorted by length plus a random
-    jitter and cut into groups (one optimizer step each); the groups then run in random order,
-    the one holding the longest row first, so an out-of-memory shows at the first step. The
-    generator is seeded from ``seed + epoch``, not the global RNG, so the order does not depend
-    on what ran before (a resumed run replays it).
-
-    Args:
-        lengths: one length per dataset row.
-        group_size: rows per optimizer step across all ranks (per-device batch x accumulation x
-            processes); mega-batches are multiples of it.
-        seed: the run's seed.
-        jitter: see :data:`LENGTH_JITTER_TOKENS`; 0 sorts exactly.
-    """
-
-    def __init__(self, lengths: Sequence[int], group_size: int, seed: int = 0,
-                 jitter: float = LENGTH_JITTER_TOKENS):
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        self.lengths, self.group_size, self.seed = list(lengths), group_size, seed
-        self.jitter, self.epoch = jitter, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer (through accelerate) at the start of each epoch."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        n = len(self.lengths)
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(n, generator=gen).tolist()
-        key = (torch.tensor(self.lengths, dtype=torch.float64)
-               + torch.rand(n, generator=gen, dtype=torch.float64) * self.jitter).tolist()
-        size = self.group_size * max(1, min(50, n // (4 * self.group_size)))
-        groups = []
-        for start in range(0, n, size):
-            mega = sorted(perm[start:start + size], key=lambda j: -key[j])
-            groups += [mega[k:k + self.group_size] for k in range(0, len(mega), self.group_size)]
-        # Steps in random order: no long-to-short sweep through each mega-batch (a drift the
-        # model would follow wherever length correlates with the target), longest step first.
-        shuffled = [groups[g] for g in torch.randperm(len(groups), generator=gen).tolist()]
-        first = max(range(len(shuffled)), key=lambda g: max(self.lengths[i] for i in shuffled[g]),
-                    default=0)
-        shuffled.insert(0, shuffled.pop(first))
-        return iter([i for group in shuffled for i in group])
-
 
 # --------------------------------------------------------------------------------------------
 # Trainer
@@ -276,3 +162,17 @@ def fast_trainer_kwargs(fast, rows: Sequence[Mapping], tokenizer) -> dict:
         kwargs["row_lengths"] = lengths
     return kwargs
 
+
+def prepare_model(model, fast) -> None:
+    """The ``fast.sft`` changes to the model before the trainer is built (packing check,
+    compiled decoder layers)."""
+    if fast.padding_free:
+        check_packable(model)
+    if fast.compile_layers:
+        n = compile_decoder_layers(model)
+        log.info("fast.sft.compile_layers: %d decoder layers compiled", n)
+
+
+def train_collator(fast, collator):
+    """The training batches' collator: ``collator``, packed under ``fast.sft.padding_free``."""
+    return PackingCollator(collator) if fast.padding_free else collator

@@ -16,7 +16,7 @@ feature_attention_mask=, generation_config=)``) that
 Why the tokens equal ``generate``'s (checked against transformers 5.24):
 
 - positions: with no image/video grid the thinker's mrope positions of a row are
-  ``cumsum(mask) - 1`` in all 3 dims (see :mod:`audsemthinker.train.prefix_share`); the token fed
+  ``cumsum(mask) - 1`` in all 3 dims (see :mod:`audsemthinker.fast.prefix_share`); the token fed
   at decode step ``t`` sits at ``len(prompt) + t``. We pass them explicitly to the backbone
   (``thinker.model``), so its stateful ``rope_deltas`` is neither read nor written;
 - sampling: the generation config is completed from the model's own defaults by the same
@@ -48,13 +48,13 @@ from transformers import (
 )
 from transformers.generation import GenerationMode
 
-from audsemthinker.train.prefix_share import (
+from audsemthinker.fast.prefix_share import (
     _check_supported,
     _expand_cache,
     check_media,
     group_rows,
-    unwrap_thinker,
 )
+from audsemthinker.model.unwrap import unwrap_thinker
 
 # Config fields whose processors or modes the loop does not implement, with the value that
 # means "off" (None also means off for every one of them).
@@ -180,6 +180,7 @@ def _prefill(thinker, input_ids, attention_mask, positions, input_features,
     return logits, cache
 
 
+# Over 60 lines: prefill, then one decode loop whose state splitting would only pass around.
 def sample_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   generation_config: GenerationConfig, input_features: torch.Tensor | None = None,
                   feature_attention_mask: torch.Tensor | None = None, static_cache: bool = False,

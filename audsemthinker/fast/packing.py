@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from audsemthinker.train.lm_loss import IGNORE_INDEX
+from audsemthinker.fast.lm_loss import IGNORE_INDEX
 
 PASSED_ON = ("input_features", "feature_attention_mask")
 """Per-clip inputs that packing leaves as they are (their order is the rows' order)."""
@@ -148,7 +148,7 @@ def check_packable(model) -> None:
     Raises:
         ValueError: any other model.
     """
-    from audsemthinker.train.prefix_share import unwrap_thinker
+    from audsemthinker.model.unwrap import unwrap_thinker
 
     try:
         unwrap_thinker(model)

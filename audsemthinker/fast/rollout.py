@@ -147,12 +147,6 @@ def audio_model(model: nn.Module) -> nn.Module:
                      "get_audio_features: not a Qwen2.5-Omni thinker")
 
 
-def trainable_tower_params(model: nn.Module) -> list[str]:
-    """Names of the audio tower's parameters that require grad (LoRA on it, or not frozen)."""
-    tower = audio_model(model).audio_tower
-    return [n for n, p in tower.named_parameters() if p.requires_grad]
-
-
 def _bits(x: torch.Tensor) -> torch.Tensor:
     """``x`` reinterpreted as integers: equality is bit equality (no NaN or -0.0 surprises)."""
     return x.contiguous().view(_BITS[x.element_size()]) if x.is_floating_point() else x
@@ -162,7 +156,7 @@ def group_equal_rows(*parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Group the rows that are bit-identical in every part (rows need not be adjacent).
 
     Shared by :class:`AudioDedup` (one encoding per distinct clip) and
-    :func:`audsemthinker.train.prefix_share.group_rows` (one forward per distinct prompt).
+    :func:`audsemthinker.fast.prefix_share.group_rows` (one forward per distinct prompt).
 
     Args:
         parts: tensors with the same first dimension ``B`` (any dtype and trailing shape).

@@ -26,14 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from audsemthinker.model.unwrap import unwrap
+
 IGNORE_INDEX = -100
-
-
-def unwrap(model):
-    """The model inside DDP / accelerate wrappers (``.module``), PEFT left in place."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def lm_head_of(model) -> torch.nn.Module:
