@@ -119,12 +119,14 @@ def build_grpo_trainer(cfg: DictConfig):
     from audsemthinker.train.sft import (
         TRACE_ENV,
         audio_cap,
+        ensure_tiny_base,
         load_split,
         split_file,
         trace_callback,
     )
     from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
 
+    ensure_tiny_base(init_model_config(cfg))  # before this run's arguments (see there)
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
     reward_spec = OmegaConf.to_container(cfg.reward, resolve=True)["rewards"]

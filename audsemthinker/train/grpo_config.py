@@ -83,13 +83,10 @@ def load_policy(cfg: DictConfig, beta: float):
     from audsemthinker.model.loader import check_token_ids, load_thinker
     from audsemthinker.model.lora import LoraSettings, apply_lora
     from audsemthinker.model.processor import build_processor
+    from audsemthinker.train.sft import ensure_tiny_base
 
     mcfg = init_model_config(cfg)
-    if mcfg.tiny and mcfg.pretrain:
-        from audsemthinker.train.sft import run_sft
-        from audsemthinker.train.tiny_base import ensure_pretrained
-
-        ensure_pretrained(mcfg.name_or_path, mcfg.pretrain, train=run_sft)
+    ensure_tiny_base(mcfg)
     model = load_thinker(mcfg)
     tok_dir = mcfg.name_or_path
     if cfg.get("grpo_init") and not (Path(tok_dir) / "tokenizer_config.json").exists():

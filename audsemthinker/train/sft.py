@@ -83,6 +83,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def ensure_tiny_base(mcfg) -> None:
+    """Build the pretrained tiny base (``model.pretrain``) if it is missing.
+
+    Call it before the run's own training arguments exist: the base's training sets up
+    accelerate's process-wide state in float32, and a bf16 run must set it up afterwards.
+    """
+    if mcfg.tiny and mcfg.pretrain:
+        from audsemthinker.train.tiny_base import ensure_pretrained
+
+        ensure_pretrained(mcfg.name_or_path, mcfg.pretrain, train=run_sft)
+
+
 def load_model(cfg: DictConfig):
     """Thinker + processor + LoRA (or full fine-tuning) as the config says."""
     from audsemthinker.config import to_dataclass
@@ -91,10 +103,7 @@ def load_model(cfg: DictConfig):
     from audsemthinker.model.processor import build_processor
 
     mcfg = to_dataclass(cfg.model, ModelConfig)
-    if mcfg.tiny and mcfg.pretrain:
-        from audsemthinker.train.tiny_base import ensure_pretrained
-
-        ensure_pretrained(mcfg.name_or_path, mcfg.pretrain, train=run_sft)
+    ensure_tiny_base(mcfg)
     model = load_thinker(mcfg)
     processor = build_processor(mcfg.name_or_path)
     check_token_ids(model, processor.tokenizer)
@@ -121,7 +130,9 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         ConfigError: a bad ``train.sft`` section.
         FileNotFoundError: no training rows at ``data.out_dir``.
     """
+    from audsemthinker.config import to_dataclass
     from audsemthinker.data.collate import AudioCollator
+    from audsemthinker.model.loader import ModelConfig
     from audsemthinker.model.lora import count_trainable
     from audsemthinker.schemas import fast_settings
     from audsemthinker.train.sft_fast_trainer import (
@@ -134,6 +145,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     from audsemthinker.train.skipped_batch import guard_skipped_batches
 
     fast = fast_settings(cfg).sft  # validated before any work
+    ensure_tiny_base(to_dataclass(cfg.model, ModelConfig))
     run_dir = make_run_dir(cfg)
     report_to = configure_wandb(cfg.get("logging"), run_dir)
     args = sft_args(cfg, run_dir, report_to)  # validate before the model is loaded

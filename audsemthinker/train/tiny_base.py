@@ -72,15 +72,6 @@ RECIPES: dict[str, PretrainRecipe] = {
         dict(tasks=["chirp"], question_types=["mc_qa"], n_train=192, seed=101,
              option_order="fixed"),
     )),
-    # The same sounds named in captions ("A burst of white noise.") instead of answers to the
-    # pitch/noise questions: the base has no sentence habit for those questions, so an SFT
-    # model taught pitch letters carries the letter format over to noise questions, where GRPO
-    # can score it (docs/tiny_base.md has the measurements).
-    "synthetic_audio_captions": PretrainRecipe(builds=(
-        dict(tasks=["pitch", "noise"], question_types=["aac"], n_train=384, seed=100),
-        dict(tasks=["chirp"], question_types=["mc_qa"], n_train=192, seed=101,
-             option_order="fixed"),
-    )),
 }
 
 
