@@ -31,10 +31,10 @@ test: $(STAMP)  ## run the test suite (excludes GPU tests)
 test-fast: $(STAMP)  ## unit tests only (skips the multi-minute learning/launch tests)
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 
-test-scale: $(STAMP)  ## FSDP2 / submitit sweep / two-node launches on CPU ranks (not in CI: ~15 min)
+test-scale: $(STAMP)  ## only the FSDP2 / submitit sweep / two-node launches on CPU ranks (~2.5 min)
 	$(BIN)/python -m pytest -m scale
 
-test-long: $(STAMP)  ## learning runs beyond the paper's recipe (semantic-coverage GRPO; not in CI)
+test-long: $(STAMP)  ## learning runs beyond the paper's path (full-FT and semantic-coverage GRPO; not in CI)
 	$(BIN)/python -m pytest -m long
 
 lint: $(STAMP)  ## ruff

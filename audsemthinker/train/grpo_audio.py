@@ -145,8 +145,9 @@ class AudioGRPOTrainer(GRPOTrainer):
       importance-sampling code scores them inside ``_generate_and_score_completions`` (and
       applies the capped ratio in ``_compute_loss`` when ``sampler.correction`` is on).
     - ``_save`` (private, ``transformers.Trainer``): ``ProcessorMixin.save_pretrained`` refuses
-      our video-less processor, so the Trainer saves the tokenizer and we write the other
-      processor files (``save_processor``) beside it.
+      our video-less processor, so the Trainer saves the tokenizer only; the other processor
+      files are written once per folder, by ``common.ProcessorSaver`` (checkpoints) and the
+      recipe (``final/``).
     """
 
     fast = GRPOFast(merged_rollouts=False, audio_dedup=False, audio_cache=False,
@@ -255,15 +256,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         return self.accelerator.prepare_model(ref, evaluation_mode=True)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        from audsemthinker.model.processor import save_processor
-
         processor = self.processing_class
         self.processing_class = processor.tokenizer
         try:
             super()._save(output_dir, state_dict)
         finally:
             self.processing_class = processor
-        save_processor(processor, output_dir or self.args.output_dir)
 
     # ---------------------------------------------------------------------------------------
     # Prompts -> ids + features (one processor call, so counts agree by construction)
