@@ -21,8 +21,8 @@ import hydra
 from omegaconf import DictConfig
 
 from audsemthinker.config import validate
-from audsemthinker.train.cluster import relaunch
-from audsemthinker.train.launch import agree_on_run_dir, ensure_data
+from audsemthinker.distributed.cluster import relaunch
+from audsemthinker.distributed.launch import agree_on_run_dir, ensure_data
 
 log = logging.getLogger(__name__)
 

@@ -124,7 +124,8 @@ def mismatch_lines(curves: dict) -> list[str]:
 
 def write_report(run_dir: Path, parts: dict) -> Path:
     """``report.md`` + ``report.json`` (atomic) from what the stages returned."""
-    from audsemthinker.eval.report import markdown_table, write_json_atomic, write_text_atomic
+    from audsemthinker.eval.report import markdown_table
+    from audsemthinker.files import write_json_atomic, write_text_atomic
     from audsemthinker.train.common import json_safe
 
     lines = [f"# AudSemThinker pipeline report\n\nRun folder: `{run_dir}`\n"]

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from audsemthinker.data.built import marker_path, read_marker
 from audsemthinker.data.examples import load_examples
 from audsemthinker.data.registry import build_from_config, ensure_built, register_builder
-from audsemthinker.train.launch import ensure_data
+from audsemthinker.distributed.launch import ensure_data
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = ["data.kwargs.n_train=4", "data.kwargs.n_valid=0", "data.kwargs.n_test=2"]

@@ -304,7 +304,7 @@ def test_fsdp_grpo_lora_gathers_rewards_and_shards(tmp_path, tiny_full_dir):
 
 
 def test_rank_slices_cover_the_rows_once():
-    from audsemthinker.train.sharding import rank_slice
+    from audsemthinker.distributed.sharding import rank_slice
 
     for n in range(0, 12):
         for world in (1, 2, 3, 5):

@@ -17,7 +17,7 @@ RANK_SCRIPT = textwrap.dedent("""
     import torch.distributed as dist
     from omegaconf import OmegaConf
 
-    from audsemthinker.train.launch import agree_on_run_dir
+    from audsemthinker.distributed.launch import agree_on_run_dir
 
     cfg = OmegaConf.create({"run_dir": "outputs/x", "train": {"sft": {"ddp_timeout": 4321}}})
     agree_on_run_dir(cfg)

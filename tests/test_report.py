@@ -5,15 +5,9 @@ import json
 import pytest
 
 from audsemthinker.eval.paper import PAPER_TABLES, comparison_rows, comparison_table
-from audsemthinker.eval.report import (
-    mmau_markdown,
-    muchomusic_markdown,
-    plot_task_bars,
-    sha256_file,
-    write_json_atomic,
-    write_text_atomic,
-)
+from audsemthinker.eval.report import mmau_markdown, muchomusic_markdown, plot_task_bars
 from audsemthinker.eval.scoring import score_mmau, score_muchomusic_judged
+from audsemthinker.files import sha256_file, write_json_atomic, write_text_atomic
 
 CHOICES = ["Man", "Woman", "Child", "Robot"]
 

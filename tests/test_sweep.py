@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_sft import ROOT, build_synthetic
 
-from audsemthinker.train.sweep import summarize_sweep
+from audsemthinker.distributed.sweep import summarize_sweep
 
 LR, LORA = "train.sft.learning_rate", "lora"
 PRESET = {"tiny": "lm_attn+audio_proj", "none": "none"}  # configs/lora/<name>.yaml -> preset

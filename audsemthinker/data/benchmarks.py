@@ -25,7 +25,7 @@ from audsemthinker.data.muchomusic_audio import TrackIndex
 from audsemthinker.data.paths import confined
 from audsemthinker.data.readers import read_csv
 from audsemthinker.data.registry import Meta, Skip, register_builder
-from audsemthinker.eval.report import sha256_file
+from audsemthinker.files import sha256_file
 
 MMAU_KEYS = ("id", "audio_id", "question", "choices", "answer", "dataset", "task", "split",
              "category", "sub-category", "difficulty")

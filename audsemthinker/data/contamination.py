@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from audsemthinker import format as fmt
-from audsemthinker.eval.report import sha256_file
+from audsemthinker.files import sha256_file
 
 KINDS = ("exact_file", "exact_pcm", "shared_id", "near_audio", "embedding", "near_question")
 N_BANDS, HOP, N_FFT = 33, 320, 1024
@@ -351,7 +351,7 @@ def write_report(result: dict, pairs: dict, out_dir: str | Path) -> Path:
     """Write ``contamination_pairs.jsonl``, ``contamination.md`` and, last,
     ``contamination.json``, each atomically: a killed report never leaves a half-written file
     that a later filter would read as the full list of matches."""
-    from audsemthinker.eval.report import write_text_atomic
+    from audsemthinker.files import write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

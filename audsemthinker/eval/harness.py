@@ -48,7 +48,6 @@ from audsemthinker.eval.loading import (
 )
 from audsemthinker.eval.lock import run_lock
 from audsemthinker.eval.predictions import PredictionStore
-from audsemthinker.eval.report import sha256_file, write_json_atomic
 from audsemthinker.eval.run_prompt import SETTING_KEYS, PromptSettings, resolve_prompt_settings
 from audsemthinker.eval.settings import (
     BenchmarkSpec,
@@ -58,6 +57,7 @@ from audsemthinker.eval.settings import (
     load_rows,
 )
 from audsemthinker.eval.tables import write_reports, write_summary
+from audsemthinker.files import sha256_file, write_json_atomic
 from audsemthinker.redact import redact
 
 __all__ = [

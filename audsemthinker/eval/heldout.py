@@ -1,7 +1,7 @@
 """Held-out accuracy during training: generate on held-out rows, score by the harness's rule.
 
 The SFT and GRPO recipes call :func:`heldout_accuracy` before and after training (rank 0, or
-every rank over its slice under sharding: ``train/sharding.py``); the full benchmark
+every rank over its slice under sharding: ``distributed/sharding.py``); the full benchmark
 evaluation is :mod:`audsemthinker.eval.harness`.
 """
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from audsemthinker.eval.report import write_json_atomic
+from audsemthinker.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,8 @@ from audsemthinker.eval.report import (
     mmau_markdown,
     muchomusic_markdown,
     plot_task_bars,
-    write_json_atomic,
-    write_text_atomic,
 )
+from audsemthinker.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 _PLOT_GROUP = {"mmau": ("task",), "muchomusic": ("subset", "dataset"), "accuracy": ("task",)}

@@ -58,7 +58,7 @@ def save_config(cfg, run_dir: str | Path) -> Path:
     """
     from omegaconf import OmegaConf
 
-    from audsemthinker.eval.report import write_text_atomic
+    from audsemthinker.files import write_text_atomic
     from audsemthinker.redact import redact
 
     clean = redact(OmegaConf.to_container(cfg, resolve=True))
@@ -284,7 +284,7 @@ def rank0_generation_blocker(trainer) -> str | None:
     rank 0 only, while the other ranks wait. Under DeepSpeed ZeRO-3 or FSDP each forward
     gathers weight shards from every rank, so rank 0 alone would block forever in that gather
     (after the final weights are saved, but without a report). Those runs generate on every
-    rank instead (``audsemthinker.train.sharding.heldout_on_all_ranks``).
+    rank instead (``audsemthinker.distributed.sharding.heldout_on_all_ranks``).
     """
     acc = trainer.accelerator
     if acc.num_processes <= 1:

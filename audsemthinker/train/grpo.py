@@ -88,8 +88,8 @@ def sampler_for_run(cfg: DictConfig):
     is not measured (logged) rather than stopped."""
     import dataclasses
 
+    from audsemthinker.distributed.sharding import fsdp_requested
     from audsemthinker.schemas import sampler_settings
-    from audsemthinker.train.sharding import fsdp_requested
 
     settings = sampler_settings(cfg)
     if fsdp_requested() and (settings.measure or settings.correction):
@@ -110,6 +110,7 @@ def build_grpo_trainer(cfg: DictConfig):
         ConfigError: a bad ``train.grpo`` section. ValueError: a bad reward list.
         FileNotFoundError: no training rows, or a ``grpo_init`` folder without a model.
     """
+    from audsemthinker.distributed.sharding import check_sharded, enable_cpu_fsdp
     from audsemthinker.rewards import build_rewards
     from audsemthinker.rewards.overlong import overlong_setup
     from audsemthinker.schemas import fast_settings, grpo_options, think_budget
@@ -124,7 +125,6 @@ def build_grpo_trainer(cfg: DictConfig):
         split_file,
         trace_callback,
     )
-    from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
 
     ensure_tiny_base(init_model_config(cfg))  # before this run's arguments (see there)
     run_dir = make_run_dir(cfg)
@@ -186,13 +186,13 @@ def run_grpo(cfg: DictConfig) -> dict:
         (curve summaries per reward), ``sampler_mismatch`` (``sampling/mismatch/*`` per logged
         step), ``global_step``, ``merged``.
     """
-    from audsemthinker.eval.report import write_json_atomic
+    from audsemthinker.distributed.sharding import heldout_on_all_ranks, save_final
+    from audsemthinker.files import write_json_atomic
     from audsemthinker.model.processor import save_processor
     from audsemthinker.train.export import export_merged
     from audsemthinker.train.grpo_stats import plot_grpo_stats
     from audsemthinker.train.sampler_mismatch import mismatch_curves
     from audsemthinker.train.sft import heldout_accuracy
-    from audsemthinker.train.sharding import heldout_on_all_ranks, save_final
 
     trainer, info = build_grpo_trainer(cfg)
     run_dir, processor = info["run_dir"], info["processor"]

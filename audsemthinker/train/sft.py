@@ -132,6 +132,7 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
     """
     from audsemthinker.config import to_dataclass
     from audsemthinker.data.collate import AudioCollator
+    from audsemthinker.distributed.sharding import check_sharded, enable_cpu_fsdp
     from audsemthinker.model.loader import ModelConfig
     from audsemthinker.model.lora import count_trainable
     from audsemthinker.schemas import fast_settings
@@ -141,7 +142,6 @@ def build_sft_trainer(cfg: DictConfig, audio_override: str | None = None):
         sft_trainer_class,
         train_collator,
     )
-    from audsemthinker.train.sharding import check_sharded, enable_cpu_fsdp
     from audsemthinker.train.skipped_batch import guard_skipped_batches
 
     fast = fast_settings(cfg).sft  # validated before any work
@@ -210,9 +210,9 @@ def run_sft(cfg: DictConfig, audio_override: str | None = None) -> dict:
         The report dict (``heldout.accuracy`` in percent).
     """
     from audsemthinker.data.collate import read_skip_log
-    from audsemthinker.eval.report import write_json_atomic
+    from audsemthinker.distributed.sharding import heldout_on_all_ranks, save_final
+    from audsemthinker.files import write_json_atomic
     from audsemthinker.model.processor import save_processor
-    from audsemthinker.train.sharding import heldout_on_all_ranks, save_final
 
     trainer, info = build_sft_trainer(cfg, audio_override=audio_override)
     run_dir = info["run_dir"]

@@ -7,7 +7,7 @@ executor) runs one process per job; that process runs ``accelerate launch`` for 
 Each job's folder (``<hydra.sweep.dir>/<job number>``) is the run folder of all its ranks: the
 ranks get the job's own overrides plus ``hydra.run.dir=<job folder>``. A job whose ranks fail
 records ``job_status.json`` there and returns, so the other jobs finish and the sweep summary
-(``audsemthinker/train/sweep.py``) lists it as failed; the sweep then exits non-zero.
+(``audsemthinker/distributed/sweep.py``) lists it as failed; the sweep then exits non-zero.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ STATUS_FILE = "job_status.json"
 
 def write_status(job_dir: str | os.PathLike, status: str, error: str) -> Path:
     """Write ``job_status.json`` into a job folder (atomically)."""
-    from audsemthinker.eval.report import write_json_atomic
+    from audsemthinker.files import write_json_atomic
 
     path = Path(job_dir) / STATUS_FILE
     write_json_atomic(path, {"status": status, "error": error})

@@ -9,7 +9,7 @@ the last job returns, :class:`SweepSummaryCallback` (registered in that same fil
 sweep folder. A job that raises is recorded as failed in its folder (``job_status.json``); a
 launcher that stops at the first failure (Hydra's basic one) never reaches the summary: call
 ``summarize_sweep("multirun/run/<time>")``. Jobs that start their ranks through
-``accelerate launch`` (``audsemthinker/train/cluster.py``) record a failure and return, so the
+``accelerate launch`` (``audsemthinker/distributed/cluster.py``) record a failure and return, so the
 sweep completes, writes the summary with the failed rows, then exits non-zero.
 """
 
@@ -75,7 +75,7 @@ def read_metrics(job_dir: Path) -> dict:
     and ``report`` (the file they came from, relative to the job folder), or a ``status`` that
     says why there are none (a job that failed or is still running has no report). A job
     recorded as failed (``job_status.json``) is ``failed: <error>`` whatever it left."""
-    from audsemthinker.train.cluster import status_of
+    from audsemthinker.distributed.cluster import status_of
 
     status = status_of(job_dir)
     if status and status.get("status") == "failed":
@@ -124,7 +124,8 @@ def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict]:
         FileNotFoundError: when ``sweep_dir`` holds no job folder at all (a wrong path should
             not produce an empty table).
     """
-    from audsemthinker.eval.report import markdown_table, write_json_atomic, write_text_atomic
+    from audsemthinker.eval.report import markdown_table
+    from audsemthinker.files import write_json_atomic, write_text_atomic
 
     sweep_dir = Path(sweep_dir)
     dirs = job_dirs(sweep_dir)
@@ -172,7 +173,7 @@ class SweepSummaryCallback(Callback):
 
         if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
             return
-        from audsemthinker.train.cluster import write_status
+        from audsemthinker.distributed.cluster import write_status
 
         error = getattr(job_return, "_return_value", None)
         write_status(config.hydra.runtime.output_dir, "failed",
