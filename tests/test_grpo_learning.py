@@ -93,8 +93,9 @@ def _heldout_mean_reward(model_dir: str, cfg: dict, rows: list) -> float:
     return sum(total) / len(total)
 
 
-def _grpo(cfg: dict) -> dict:
-    """One GRPO run in a fresh process (module level: spawn pickles it by name)."""
+def _grpo(cfg: dict, split: str = "valid") -> dict:
+    """One GRPO run in a fresh process (module level: spawn pickles it by name), with the
+    held-out mean reward of its merged model on ``split``."""
     import torch
 
     from audsemthinker.data.examples import load_examples
@@ -104,7 +105,7 @@ def _grpo(cfg: dict) -> dict:
     start = time.perf_counter()
     report = run_grpo(OmegaConf.create(cfg))
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    rows = load_examples(Path(cfg["data"]["out_dir"]) / "valid.jsonl")
+    rows = load_examples(Path(cfg["data"]["out_dir"]) / f"{split}.jsonl")
     report["reward_after"] = _heldout_mean_reward(report["merged"], cfg, rows)
     return report
 

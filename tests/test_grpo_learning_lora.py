@@ -16,12 +16,13 @@ import importlib.util
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from test_grpo_learning import _heldout_mean_reward
+from test_grpo_learning import _grpo, _heldout_mean_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -34,22 +35,6 @@ def _pipeline():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _grpo(cfg: dict) -> dict:
-    """One GRPO run and its held-out mean reward, in a fresh process."""
-    import torch
-
-    from audsemthinker.data.examples import load_examples
-    from audsemthinker.train.grpo import run_grpo
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    report = run_grpo(OmegaConf.create(cfg))
-    report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    rows = load_examples(Path(cfg["data"]["out_dir"]) / "test.jsonl")
-    report["reward_after"] = _heldout_mean_reward(report["merged"], cfg, rows)
-    return report
 
 
 @pytest.mark.slow
@@ -83,7 +68,7 @@ def test_lora_grpo_after_lora_sft_raises_heldout_accuracy_and_reward_on_every_se
                                   "train.grpo.save_strategy": "no", **fp32})
         cfgs.append(OmegaConf.to_container(c, resolve=True))
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = pool.map(_grpo, cfgs)
+        runs = pool.map(partial(_grpo, split="test"), cfgs)
         reward_before = _heldout_mean_reward(sft["merged"], cfgs[0],
                                              load_examples(Path(grpo_data) / "test.jsonl"))
         reports = list(runs)

@@ -7,17 +7,7 @@ from pathlib import Path
 
 from audsemthinker import format as fmt
 from audsemthinker.eval import scoring
-from audsemthinker.eval.generate import (  # noqa: F401  (accuracy_of, generate_answers: API)
-    accuracy_of,
-    decoding_dict,
-    decoding_from,
-    generate_answers,
-    generate_rows,
-    make_collator,
-    prompt_row,
-    row_audio,
-    row_correct,
-)
+from audsemthinker.eval.generate import accuracy_of, row_correct
 from audsemthinker.eval.settings import (
     BenchmarkSpec,
 )

@@ -6,17 +6,6 @@ import logging
 
 from omegaconf import DictConfig
 
-from audsemthinker.eval.generate import (  # noqa: F401  (accuracy_of, generate_answers: API)
-    accuracy_of,
-    decoding_dict,
-    decoding_from,
-    generate_answers,
-    generate_rows,
-    make_collator,
-    prompt_row,
-    row_audio,
-    row_correct,
-)
 from audsemthinker.eval.settings import (
     EvalSettings,
 )

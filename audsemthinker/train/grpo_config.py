@@ -83,10 +83,8 @@ def load_policy(cfg: DictConfig, beta: float):
     from audsemthinker.model.loader import check_token_ids, load_thinker
     from audsemthinker.model.lora import LoraSettings, apply_lora
     from audsemthinker.model.processor import build_processor
-    from audsemthinker.train.sft import ensure_tiny_base
 
-    mcfg = init_model_config(cfg)
-    ensure_tiny_base(mcfg)
+    mcfg = init_model_config(cfg)  # the tiny base is built: build_grpo_trainer
     model = load_thinker(mcfg)
     tok_dir = mcfg.name_or_path
     if cfg.get("grpo_init") and not (Path(tok_dir) / "tokenizer_config.json").exists():

@@ -102,8 +102,7 @@ def load_model(cfg: DictConfig):
     from audsemthinker.model.lora import LoraSettings, apply_lora
     from audsemthinker.model.processor import build_processor
 
-    mcfg = to_dataclass(cfg.model, ModelConfig)
-    ensure_tiny_base(mcfg)
+    mcfg = to_dataclass(cfg.model, ModelConfig)  # the tiny base is built: build_sft_trainer
     model = load_thinker(mcfg)
     processor = build_processor(mcfg.name_or_path)
     check_token_ids(model, processor.tokenizer)
